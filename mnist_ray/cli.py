@@ -1,0 +1,398 @@
+"""The command line: parse, call, print. Results go to stdout, progress to stderr.
+
+    mnist-ray submit train                 # train on an embedded local Ray
+    mnist-ray evaluate --shards 4          # evaluate the latest run on 4 CPU tasks
+    mnist-ray results                      # runs and evaluations in the store
+    mnist-ray show                         # the random sample, drawn in the terminal
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mnist_ray import __version__
+from mnist_ray.config import MAX_SHARDS, ConfigError, EvalConfig, TrainConfig, check_id
+from mnist_ray.data import DataError
+from mnist_ray.store import DEFAULT_STORE, Store, StoreError, new_id, now
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="The classic MNIST softmax regression as a distributed batch job on Ray.",
+)
+submit_app = typer.Typer(no_args_is_help=True, help="Submit a job: `mnist-ray submit train`.")
+app.add_typer(submit_app, name="submit")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class Dataset(str, Enum):
+    mnist = "mnist"
+    fashion_mnist = "fashion-mnist"
+
+
+class Gpus(str, Enum):
+    auto = "auto"
+    none = "0"
+    one = "1"
+
+
+def _positive_finite(value: float) -> float:
+    if not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"{value} must be a finite number above 0")
+    return value
+
+
+def _id(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            check_id(value)
+        except ConfigError as exc:
+            raise typer.BadParameter(exc.message) from None
+    return value
+
+
+StoreOpt = Annotated[
+    str,
+    typer.Option(
+        "--store", envvar="MNIST_RAY_STORE", help="Result store: a folder or s3:// gs:// file:// URI."
+    ),
+]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="Folder holding MNIST/raw/ (default: $MNIST_RAY_DATA, else ~/.cache/mnist-ray).",
+        file_okay=False,
+    ),
+]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        envvar="RAY_ADDRESS",
+        help="Ray cluster: auto, HOST:PORT, ray://HOST:10001, or http://HOST:8265 for the "
+        "Jobs API. Default: an embedded local Ray.",
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout.")]
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]Error:[/] {message}", markup=True)
+    raise typer.Exit(code)
+
+
+def friendly(fn):
+    """One idiom for failures: a user's mistake or a runtime failure is one line, no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from mnist_ray.cluster import ClusterError  # imports ray: only when a command runs
+
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as exc:
+            raise typer.BadParameter(exc.message, param_hint=f"'{exc.option}'") from None
+        except (DataError, StoreError, ClusterError) as exc:
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            _fail("interrupted: the Ray tasks were cancelled and nothing was written.", 130)
+
+    return wrapper
+
+
+def _json(row: dict) -> str:
+    return json.dumps(row, default=lambda v: v.isoformat() if hasattr(v, "isoformat") else str(v))
+
+
+# ---- submit train -----------------------------------------------------------------------------
+
+
+@submit_app.command("train")
+@friendly
+def submit_train(
+    epochs: Annotated[int, typer.Option(min=1, max=10_000, help="Passes over the training set.")] = 15,
+    batch_size: Annotated[int, typer.Option(min=1, max=60_000, help="Images per SGD step.")] = 100,
+    lr: Annotated[float, typer.Option(callback=_positive_finite, help="SGD learning rate.")] = 0.1,
+    seed: Annotated[int, typer.Option(min=0, max=2**63 - 1, help="Seed for torch and random.")] = 777,
+    dataset: Annotated[Dataset, typer.Option(help="Which dataset.")] = Dataset.mnist,
+    data_dir: DataDirOpt = None,
+    store: StoreOpt = DEFAULT_STORE,
+    address: AddressOpt = None,
+    gpus: Annotated[
+        Gpus, typer.Option(help="auto: a GPU if the cluster has one; 1: require one; 0: CPU.")
+    ] = Gpus.auto,
+    wait: Annotated[
+        bool, typer.Option(help="With an http:// address: follow the job to its end.")
+    ] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train the softmax regression on a Ray worker (a GPU when there is one), store the run.
+
+    Example: mnist-ray submit train --epochs 15 --store ./mnist-ray-store
+    """
+    cfg = TrainConfig(dataset.value, epochs, batch_size, lr, seed).validate()
+    if address and address.startswith(("http://", "https://")):
+        from mnist_ray import jobs
+
+        argv = [a for a in sys.argv[1:] if a] if sys.argv else []
+        raise typer.Exit(jobs.submit_cli(address, store, argv, wait=wait, log=err.print))
+    target = Store(store)
+    target.check_writable()  # fail now, not after 15 epochs
+    from mnist_ray import data
+
+    images, labels = data.load(cfg.dataset, "train", data_dir)
+    row = train_and_store(cfg, images, labels, target, address, gpus.value)
+    if as_json:
+        print(_json(row))
+    else:
+        out.print(
+            f"run {row['run_id']}: {row['epochs']} epochs on {row['device']} "
+            f"(node {row['node_id'][:12]}) in {row['train_seconds']:.2f} s, "
+            f"final cost {row['epoch_costs'][-1]:.9f}"
+        )
+        out.print(f"weights {row['weights_uri']}")
+
+
+def train_and_store(cfg, images, labels, store: Store, address, gpus: str) -> dict:
+    """Run training on Ray and write its weights and run row; returns the row."""
+    import ray
+
+    from mnist_ray import checkpoints
+    from mnist_ray.cluster import connect, train_on_ray
+
+    run_id = new_id("run")
+    err.print(f"Training {cfg.dataset} for {cfg.epochs} epochs as run {run_id} ...")
+    with connect(address, log=err.print):
+        outcome = train_on_ray(cfg, images, labels, store, run_id, gpus, log=err.print)
+    for epoch, cost in enumerate(outcome["epoch_costs"], 1):
+        err.print(f"Epoch: {epoch:04d} cost = {cost:.9f}")
+    weights_uri, sha = store.write_weights(run_id, outcome["weights"])
+    row = {
+        "run_id": run_id,
+        "created_at": now(),
+        **cfg.to_dict(),
+        **{k: outcome[k] for k in ("device", "node_id", "hostname", "gpu_ids", "cuda_graph")},
+        **{k: outcome[k] for k in ("epoch_costs", "train_seconds", "torch_version")},
+        "attempts": 1 + (outcome["resumed_from_epoch"] > 0),
+        "weights_uri": weights_uri,
+        "weights_sha256": sha,
+        "ray_version": ray.__version__,
+    }
+    store.write_row("runs", row)
+    checkpoints.clear(store, run_id)
+    return row
+
+
+# ---- evaluate ---------------------------------------------------------------------------------
+
+
+@app.command()
+@friendly
+def evaluate(
+    run: Annotated[
+        str | None, typer.Option(callback=_id, help="Run id or its unique prefix (default: latest).")
+    ] = None,
+    shards: Annotated[
+        int, typer.Option(min=1, max=MAX_SHARDS, help="CPU tasks, each a contiguous slice.")
+    ] = 4,
+    data_dir: DataDirOpt = None,
+    store: StoreOpt = DEFAULT_STORE,
+    address: AddressOpt = None,
+    wait: Annotated[
+        bool, typer.Option(help="With an http:// address: follow the job to its end.")
+    ] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Evaluate a run on the 10,000 test images, sharded over CPU tasks; store the result.
+
+    Example: mnist-ray evaluate --shards 4
+    """
+    EvalConfig(shards).validate()
+    if address and address.startswith(("http://", "https://")):
+        from mnist_ray import jobs
+
+        argv = [a for a in sys.argv[1:] if a] if sys.argv else []
+        raise typer.Exit(jobs.submit_cli(address, store, argv, wait=wait, log=err.print))
+    target = Store(store)
+    found = target.find_run(run)
+    weights = target.read_weights(found)
+    target.check_writable()
+    from mnist_ray import data
+    from mnist_ray.cluster import connect, evaluate_on_ray
+    from mnist_ray.evaluate import sample_index
+
+    images, labels = data.load(found["dataset"], "test", data_dir)
+    sample = sample_index(found["seed"], len(labels))
+    err.print(f"Evaluating run {found['run_id']} on {shards} shard(s) ...")
+    started = time.perf_counter()
+    with connect(address, log=err.print):
+        merged = evaluate_on_ray(weights, images, labels, shards, sample)
+    s = merged["sample"]
+    row = {
+        "eval_id": new_id("eval"),
+        "run_id": found["run_id"],
+        "created_at": now(),
+        "dataset": found["dataset"],
+        "shards": shards,
+        **{k: merged[k] for k in ("accuracy", "correct", "total", "per_class_accuracy")},
+        "confusion": merged["confusion"],
+        "sample_index": s["index"],
+        "sample_label": s["label"],
+        "sample_prediction": s["prediction"],
+        "sample_probabilities": s["probabilities"],
+        "sample_pixels": s["pixels"],
+        "eval_seconds": time.perf_counter() - started,
+        "node_ids": merged["node_ids"],
+    }
+    target.write_row("evaluations", row)
+    if as_json:
+        print(_json(row))
+    else:
+        p = s["probabilities"]
+        out.print(
+            f"evaluation {row['eval_id']} of run {row['run_id']}: accuracy {row['accuracy']:.4f} "
+            f"({row['correct']}/{row['total']}) over {shards} shard(s)"
+        )
+        out.print(
+            f"sample {s['index']}: label {s['label']}, predicted {s['prediction']} "
+            f"(p={p[s['prediction']]:.3f}; p[{s['label']}]={p[s['label']]:.3f})"
+        )
+
+
+# ---- results and show -------------------------------------------------------------------------
+
+
+@app.command()
+@friendly
+def results(store: StoreOpt = DEFAULT_STORE, as_json: JsonOpt = False) -> None:
+    """List the runs and evaluations in the store; unreadable files are named, not fatal.
+
+    Example: mnist-ray results --store ./mnist-ray-store
+    """
+    target = Store(store)
+    runs, bad_runs = target.read("runs")
+    evals, bad_evals = target.read("evaluations")
+    for path, problem in bad_runs + bad_evals:
+        err.print(f"[yellow]Skipped[/] {path}: {problem}", markup=True)
+    if as_json:
+        print(_json({"runs": runs, "evaluations": evals}))
+        return
+    table = Table(title=f"runs in {target.location}", title_justify="left")
+    for col in ("run_id", "created", "dataset", "epochs", "device", "final cost", "seconds"):
+        table.add_column(col)
+    for r in runs:
+        cost = f"{r['epoch_costs'][-1]:.9f}" if r["epoch_costs"] else "-"
+        table.add_row(
+            r["run_id"],
+            f"{r['created_at']:%Y-%m-%d %H:%M}",
+            r["dataset"],
+            str(r["epochs"]),
+            r["device"],
+            cost,
+            f"{r['train_seconds']:.2f}",
+        )
+    out.print(table)
+    table = Table(title=f"evaluations in {target.location}", title_justify="left")
+    for col in ("eval_id", "run_id", "shards", "accuracy", "correct", "sample"):
+        table.add_column(col)
+    for e in evals:
+        table.add_row(
+            e["eval_id"],
+            e["run_id"],
+            str(e["shards"]),
+            f"{e['accuracy']:.4f}",
+            f"{e['correct']}/{e['total']}",
+            f"#{e['sample_index']}: {e['sample_label']} -> {e['sample_prediction']}",
+        )
+    out.print(table)
+
+
+@app.command()
+@friendly
+def show(
+    eval_id: Annotated[
+        str | None, typer.Argument(callback=_id, help="Evaluation id (default: the latest).")
+    ] = None,
+    png: Annotated[
+        Path | None, typer.Option(help="Also write the image to this PNG file.", dir_okay=False)
+    ] = None,
+    store: StoreOpt = DEFAULT_STORE,
+) -> None:
+    """Draw an evaluation's random sample in the terminal: label, prediction, probabilities.
+
+    Example: mnist-ray show --png sample.png
+    """
+    import numpy as np
+
+    evals, _ = Store(store).read("evaluations")
+    if eval_id is not None:
+        evals = [e for e in evals if e["eval_id"] == eval_id or e["eval_id"].startswith(eval_id)]
+    if not evals:
+        what = f"no evaluation {eval_id}" if eval_id else "no evaluations yet"
+        _fail(f"{what} in {store}; run `mnist-ray evaluate` first")
+    e = evals[-1]
+    pixels = np.asarray(e["sample_pixels"], dtype=np.uint8).reshape(28, 28)
+    out.print(f"evaluation {e['eval_id']}, test image {e['sample_index']}")
+    for line in draw(pixels):
+        out.print(line)
+    out.print(f"label {e['sample_label']}, predicted {e['sample_prediction']}")
+    for digit, p in enumerate(e["sample_probabilities"]):
+        bar = "#" * round(p * 40)
+        out.print(f"  {digit}  {p:6.3f}  {bar}")
+    if png is not None:
+        write_png(pixels, png, f"label {e['sample_label']}, predicted {e['sample_prediction']}")
+        err.print(f"wrote {png}")
+
+
+def draw(pixels) -> list[str]:
+    """Two image rows per text line, each pixel column two characters wide: any terminal."""
+    shades = " .:-=+*#%@"
+    lines = []
+    for r in range(0, pixels.shape[0], 2):
+        top, bottom = pixels[r], pixels[r + 1]
+        lines.append(
+            "".join(shades[min(9, int(max(a, b)) * 10 // 256)] * 2 for a, b in zip(top, bottom))
+        )
+    return lines
+
+
+def write_png(pixels, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    try:
+        fig, ax = plt.subplots(figsize=(3, 3))
+        ax.imshow(pixels, cmap="Greys", interpolation="nearest")
+        ax.set_title(title)
+        ax.axis("off")
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+    except OSError as exc:
+        _fail(f"--png {path}: {exc.strerror or exc}")
+
+
+@app.callback(invoke_without_command=True)
+def main(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    """mnist-ray: train and evaluate the classic MNIST softmax regression on Ray."""
+    if version:
+        print(f"mnist-ray {__version__}")
+        raise typer.Exit()

@@ -1,0 +1,218 @@
+"""Everything Ray: connect, choose resources, fan out, gather once.
+
+    from mnist_ray.cluster import connect, train_on_ray, evaluate_on_ray
+    with connect(None):                      # an embedded local Ray, stopped on exit
+        outcome = train_on_ray(cfg, images, labels, store, run_id, gpus="auto")
+
+Resources sit on the remote definitions: training is one task (`num_gpus=1` when the
+cluster has a GPU), evaluation one `num_cpus=1` task per shard. Inputs go into the
+object store once (`ray.put`) and every task gets references; the driver submits
+everything, then calls `ray.get` once. The arithmetic lives in train.py and
+evaluate.py; nothing here computes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import ray
+
+from mnist_ray import checkpoints
+from mnist_ray.config import TrainConfig
+from mnist_ray.evaluate import evaluate_shard, merge, shard_bounds
+from mnist_ray.store import Store
+
+RETRIES = 3  # Ray re-runs a task whose worker or node died, this many times
+
+
+class ClusterError(RuntimeError):
+    """Ray could not be reached or cannot run the job; the message says what to do."""
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+# ---- connecting -------------------------------------------------------------------------------
+
+
+@contextmanager
+def connect(address: str | None, log: Callable[[str], None] = _say) -> Iterator[None]:
+    """An embedded local Ray (address None) or an existing cluster ('auto', 'host:port',
+    'ray://host:10001'); disconnects, and stops an embedded one, on the way out."""
+    if ray.is_initialized():  # a caller (tests, a notebook) already connected: use that
+        yield
+        return
+    kwargs = dict(log_to_driver=False, logging_level=logging.ERROR)
+    if address is None:
+        kwargs.update(include_dashboard=False)
+    else:
+        _check_reachable(address)
+        kwargs.update(address=address)
+    try:
+        ray.init(**kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = address or "a local Ray instance"
+        raise ClusterError(f"--address {where}: could not connect ({_first_line(exc)})") from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _check_reachable(address: str, timeout: float = 3.0) -> None:
+    """Fail in seconds on a host:port nothing listens on, instead of Ray's long retries."""
+    if address == "auto" or address.startswith(("local", "http://", "https://")):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterError(
+            f"--address {address}: expected 'auto', 'HOST:PORT' or 'ray://HOST:PORT'"
+        )
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ClusterError(
+            f"--address {address}: nothing answers at {host}:{port} ({exc.strerror or exc}); "
+            "is the Ray head running? (`ray start --head`, or leave --address out for a local Ray)"
+        ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _gather(refs: list, what: str):
+    """ray.get once; Ctrl-C cancels the tasks so none is left running on the cluster."""
+    try:
+        return ray.get(refs)
+    except KeyboardInterrupt:
+        for ref in refs:
+            ray.cancel(ref, force=True, recursive=True)
+        raise
+    except ray.exceptions.RayError as exc:
+        cause = getattr(exc, "cause", None) or exc
+        raise ClusterError(f"{what} failed after {RETRIES} retries: {_first_line(cause)}") from None
+
+
+def _where() -> dict:
+    ctx = ray.get_runtime_context()
+    return {
+        "node_id": ctx.get_node_id(),
+        "hostname": socket.gethostname(),
+        "gpu_ids": [int(i) for i in ray.get_gpu_ids()],
+        "pid": os.getpid(),
+    }
+
+
+# ---- training ---------------------------------------------------------------------------------
+
+
+def _train_task(
+    cfg: dict, images: np.ndarray, labels: np.ndarray, store: str, run_id: str, use_gpu: bool
+) -> dict:
+    import torch
+
+    from mnist_ray.train import pick_device, train
+
+    config = TrainConfig(**cfg)
+    target = Store(store)
+    resume = checkpoints.latest(target, run_id)  # set when Ray retries a killed attempt
+    result = train(
+        config,
+        images,
+        labels,
+        pick_device(use_gpu),
+        resume=resume,
+        on_epoch=lambda ckpt: checkpoints.save(target, run_id, ckpt),
+    )
+    return {
+        "weights": result.weights,
+        "epoch_costs": result.epoch_costs,
+        "train_seconds": result.seconds,
+        "device": result.device,
+        "cuda_graph": result.cuda_graph,
+        "resumed_from_epoch": resume.epoch if resume else 0,
+        "torch_version": torch.__version__,
+        **_where(),
+    }
+
+
+train_task = ray.remote(num_cpus=1, max_retries=RETRIES)(_train_task)
+
+
+def gpu_request(gpus: str, log: Callable[[str], None] = _say) -> int:
+    """How many GPUs the training task asks for: --gpus auto|0|1 against what the cluster has."""
+    have = ray.cluster_resources().get("GPU", 0)
+    if gpus == "0":
+        return 0
+    if gpus == "1":
+        if have < 1:
+            cpus = int(ray.cluster_resources().get("CPU", 0))
+            raise ClusterError(
+                f"--gpus 1: the Ray cluster has no GPU ({cpus} CPUs, 0 GPUs), so the task would "
+                "wait forever; use --gpus auto or 0 to train on the CPU"
+            )
+        return 1
+    if have >= 1:
+        return 1
+    log("No GPU in the Ray cluster: training on the CPU.")
+    return 0
+
+
+def train_on_ray(
+    cfg: TrainConfig,
+    images: np.ndarray,
+    labels: np.ndarray,
+    store: Store,
+    run_id: str,
+    gpus: str = "auto",
+    log: Callable[[str], None] = _say,
+) -> dict:
+    """Run the training task and return what it reports (weights, costs, where it ran)."""
+    num_gpus = gpu_request(gpus, log)
+    ref = train_task.options(num_gpus=num_gpus, name=f"train {run_id}").remote(
+        cfg.to_dict(), ray.put(images), ray.put(labels), store.location, run_id, num_gpus > 0
+    )
+    (outcome,) = _gather([ref], "training")
+    return outcome
+
+
+# ---- evaluation -------------------------------------------------------------------------------
+
+
+def _shard_task(weights, images, labels, start: int, stop: int, sample: int) -> dict:
+    part = evaluate_shard(weights, images, labels, start, stop, sample)
+    part["node_id"] = ray.get_runtime_context().get_node_id()
+    return part
+
+
+shard_task = ray.remote(num_cpus=1, max_retries=RETRIES)(_shard_task)
+
+
+def evaluate_on_ray(
+    weights: dict[str, np.ndarray],
+    images: np.ndarray,
+    labels: np.ndarray,
+    shards: int,
+    sample: int,
+) -> dict:
+    """One CPU task per contiguous shard; the merged counts and the nodes that ran them."""
+    w, x, y = ray.put(weights), ray.put(images), ray.put(labels)  # once, shared by all shards
+    refs = [
+        shard_task.options(name=f"shard {start}:{stop}").remote(w, x, y, start, stop, sample)
+        for start, stop in shard_bounds(len(labels), shards)
+    ]
+    parts = _gather(refs, "evaluation")
+    merged = merge(parts)
+    merged["node_ids"] = sorted({p["node_id"] for p in parts})
+    return merged

@@ -1,0 +1,83 @@
+"""What a run and an evaluation are made of: frozen dataclasses whose defaults are the
+classic tutorial's, so that `TrainConfig()` reproduces its printed costs.
+
+    >>> from mnist_ray.config import TrainConfig
+    >>> TrainConfig(epochs=1).validate()
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass
+
+DATASETS = ("mnist", "fashion-mnist")
+TEST_SIZE = 10_000  # both datasets have 10,000 test images
+MAX_SHARDS = TEST_SIZE  # one image per shard at most
+IN_FEATURES = 28 * 28  # one flattened image
+NUM_CLASSES = 10  # digits 0..9 (or the ten Fashion-MNIST classes)
+# What a weights file must hold, name -> shape; checked on every load (no torch needed).
+WEIGHT_SHAPES = {"weight": (NUM_CLASSES, IN_FEATURES), "bias": (NUM_CLASSES,)}
+
+# Run and evaluation ids become file names in the store: letters, digits, '-', '_' only,
+# so a name from the user can never climb out of the store ('../../etc' is refused).
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+class ConfigError(ValueError):
+    """A bad value for a named option; `option` is the CLI spelling."""
+
+    def __init__(self, option: str, message: str):
+        super().__init__(f"{option}: {message}")
+        self.option = option
+        self.message = message
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    dataset: str = "mnist"  # "mnist" or "fashion-mnist": same shapes, same code path
+    epochs: int = 15  # the tutorial's training_epochs
+    batch_size: int = 100  # the tutorial's batch_size; the last partial batch is dropped
+    lr: float = 0.1  # plain SGD learning rate, no momentum
+    seed: int = 777  # random.seed and torch.manual_seed, before anything else
+
+    def validate(self) -> TrainConfig:
+        check_dataset(self.dataset)
+        if not 1 <= self.epochs <= 10_000:
+            raise ConfigError("--epochs", f"{self.epochs} is not in 1..10000")
+        if not 1 <= self.batch_size <= 60_000:
+            raise ConfigError("--batch-size", f"{self.batch_size} is not in 1..60000")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError("--lr", f"{self.lr} must be a finite number above 0")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError("--seed", f"{self.seed} is not in 0..2**63-1")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    shards: int = 4  # contiguous slices of the 10,000 test images, one CPU task each
+
+    def validate(self) -> EvalConfig:
+        if not 1 <= self.shards <= MAX_SHARDS:
+            raise ConfigError("--shards", f"{self.shards} is not in 1..{MAX_SHARDS}")
+        return self
+
+
+def check_dataset(name: str) -> str:
+    if name not in DATASETS:
+        raise ConfigError(
+            "--dataset", f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}"
+        )
+    return name
+
+
+def check_id(value: str, option: str = "--run") -> str:
+    if not _ID.match(value or ""):
+        raise ConfigError(
+            option, f"{value!r} is not a valid id (letters, digits, '-' and '_', up to 64)"
+        )
+    return value

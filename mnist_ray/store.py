@@ -1,0 +1,290 @@
+"""The result store: Parquet rows and safetensors weights in a folder or object-store URI.
+
+    from mnist_ray.store import Store
+    store = Store("mnist-ray-store")             # or "s3://bucket/prefix", "file:///data/x"
+    rows, bad = store.read("evaluations")         # every good row, and the files that failed
+
+Layout, readable by any Parquet reader (pyarrow.dataset, pandas, DuckDB, Spark):
+
+    <store>/runs/<run_id>.parquet                 one row per training run
+    <store>/evaluations/<eval_id>.parquet         one row per evaluation
+    <store>/weights/<run_id>.safetensors          the trained weights, no pickle
+    <store>/checkpoints/<run_id>/epoch-NNNN.safetensors   per-epoch state while training
+
+Every file is written under a temporary name starting with '.' and then moved to its
+final, unique name, so concurrent writers never collide and readers never see half a
+file (pyarrow.dataset and DuckDB's `*.parquet` globs skip the temporary names).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import uuid
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from mnist_ray.config import WEIGHT_SHAPES, check_id
+
+DEFAULT_STORE = "mnist-ray-store"  # a folder in the current directory
+
+RUNS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+        ("dataset", pa.string()),
+        ("epochs", pa.int32()),
+        ("batch_size", pa.int32()),
+        ("lr", pa.float64()),
+        ("seed", pa.int64()),
+        ("device", pa.string()),  # what torch trained on, e.g. "cuda:0 (NVIDIA H100 ...)"
+        ("node_id", pa.string()),  # the Ray node the training task ran on
+        ("hostname", pa.string()),
+        ("gpu_ids", pa.list_(pa.int32())),  # what Ray assigned to the task
+        ("cuda_graph", pa.bool_()),
+        ("epoch_costs", pa.list_(pa.float64())),
+        ("train_seconds", pa.float64()),
+        ("attempts", pa.int32()),  # 1, or more when Ray retried the task and it resumed
+        ("weights_uri", pa.string()),
+        ("weights_sha256", pa.string()),
+        ("torch_version", pa.string()),
+        ("ray_version", pa.string()),
+    ]
+)
+
+EVALUATIONS = pa.schema(
+    [
+        ("eval_id", pa.string()),
+        ("run_id", pa.string()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+        ("dataset", pa.string()),
+        ("shards", pa.int32()),
+        ("accuracy", pa.float64()),
+        ("correct", pa.int64()),
+        ("total", pa.int64()),
+        ("per_class_accuracy", pa.list_(pa.float64())),
+        ("confusion", pa.list_(pa.int64())),  # 10x10, row-major, row = true label
+        ("sample_index", pa.int32()),
+        ("sample_label", pa.int32()),
+        ("sample_prediction", pa.int32()),
+        ("sample_probabilities", pa.list_(pa.float64())),
+        ("sample_pixels", pa.list_(pa.uint8())),  # 28x28, row-major, 0..255
+        ("eval_seconds", pa.float64()),
+        ("node_ids", pa.list_(pa.string())),  # the Ray nodes the shards ran on
+    ]
+)
+
+SCHEMAS = {"runs": RUNS, "evaluations": EVALUATIONS}
+KEYS = {"runs": "run_id", "evaluations": "eval_id"}
+
+
+class StoreError(RuntimeError):
+    """The store can't be used or a file in it is bad; the message names the place."""
+
+
+def new_id(kind: str) -> str:
+    """Unique and sortable by time: run-20261126-180203-a1b2c3."""
+    return f"{kind}-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Store:
+    def __init__(self, location: str | os.PathLike = DEFAULT_STORE):
+        self.location = str(location)
+        try:
+            if "://" in self.location:
+                self.fs, self.root = pafs.FileSystem.from_uri(self.location)
+            else:
+                self.fs = pafs.LocalFileSystem()
+                self.root = os.path.abspath(os.path.expanduser(self.location))
+        except (pa.ArrowException, ValueError, OSError) as exc:
+            raise StoreError(f"--store {self.location}: {_first_line(exc)}") from None
+        self.root = self.root.rstrip("/")
+        self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    def __repr__(self) -> str:
+        return f"Store({self.location!r})"
+
+    # -- paths ---------------------------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def uri(self, *parts: str) -> str:
+        """Where a file is, in the form the user gave the store."""
+        if "://" in self.location:
+            return "/".join([self.location.rstrip("/"), *parts])
+        return self.path(*parts)
+
+    # -- writing -------------------------------------------------------------------------------
+    def check_writable(self) -> None:
+        """Create the layout and prove a file can be written, before any work starts."""
+        probe = self.path(f".probe-{uuid.uuid4().hex}")
+        try:
+            for folder in ("runs", "evaluations", "weights"):
+                self.fs.create_dir(self.path(folder), recursive=True)
+            with self.fs.open_output_stream(probe) as out:
+                out.write(b"ok")
+            self.fs.delete_file(probe)
+        except (OSError, pa.ArrowException) as exc:
+            raise StoreError(
+                f"--store {self.location}: not writable ({_first_line(exc)}); "
+                "choose a folder or URI you can write to"
+            ) from None
+
+    def write_bytes(self, relpath: str, data: bytes) -> str:
+        """Write under a temporary name beside the target, then move it into place."""
+        final = self.path(relpath)
+        folder, name = final.rsplit("/", 1)
+        tmp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
+        try:
+            self.fs.create_dir(folder, recursive=True)
+            with self.fs.open_output_stream(tmp) as out:
+                out.write(data)
+            self.fs.move(tmp, final)
+        except (OSError, pa.ArrowException) as exc:
+            _quiet_delete(self.fs, tmp)
+            raise StoreError(f"{self.uri(relpath)}: write failed ({_first_line(exc)})") from None
+        return self.uri(relpath)
+
+    def write_row(self, table: str, row: dict) -> str:
+        """One row as one Parquet file, `<table>/<id>.parquet`."""
+        key = check_id(row[KEYS[table]], KEYS[table])
+        arrow = pa.Table.from_pylist([row], schema=SCHEMAS[table])
+        sink = pa.BufferOutputStream()
+        pq.write_table(arrow, sink)
+        return self.write_bytes(f"{table}/{key}.parquet", sink.getvalue().to_pybytes())
+
+    # -- reading -------------------------------------------------------------------------------
+    def read_bytes(self, relpath: str) -> bytes:
+        try:
+            with self.fs.open_input_stream(self.path(relpath)) as f:
+                return f.read()
+        except FileNotFoundError:
+            raise StoreError(f"{self.uri(relpath)}: not found") from None
+        except (OSError, pa.ArrowException) as exc:
+            raise StoreError(f"{self.uri(relpath)}: {_first_line(exc)}") from None
+
+    def list(self, folder: str, suffix: str = "") -> list[str]:
+        """Relative paths of the visible files in a folder (skipping '.' and '_' names)."""
+        try:
+            infos = self.fs.get_file_info(
+                pafs.FileSelector(self.path(folder), allow_not_found=True)
+            )
+        except (OSError, pa.ArrowException) as exc:
+            raise StoreError(f"--store {self.location}: {_first_line(exc)}") from None
+        names = [
+            i.base_name
+            for i in infos
+            if i.type == pafs.FileType.File
+            and not i.base_name.startswith((".", "_"))
+            and i.base_name.endswith(suffix)
+        ]
+        return [f"{folder}/{n}" for n in sorted(names)]
+
+    def read(self, table: str) -> tuple[list[dict], list[tuple[str, str]]]:
+        """Every good row of a table, oldest first, and (file, problem) for each bad file."""
+        rows, bad = [], []
+        for relpath in self.list(table, ".parquet"):
+            try:
+                got = pq.read_table(self.path(relpath), filesystem=self.fs)
+                missing = set(SCHEMAS[table].names) - set(got.column_names)
+                if missing:
+                    raise ValueError(f"not a {table} file: missing {', '.join(sorted(missing))}")
+                rows.extend(got.select(SCHEMAS[table].names).to_pylist())
+            except (OSError, pa.ArrowException, ValueError) as exc:
+                bad.append((self.uri(relpath), _first_line(exc)))
+        rows.sort(key=lambda r: (r["created_at"], r[KEYS[table]]))
+        return rows, bad
+
+    def find_run(self, run: str | None) -> dict:
+        """The run with this id (or unique id prefix), or the latest run when run is None."""
+        runs, _ = self.read("runs")
+        if run is None:
+            if not runs:
+                raise StoreError(
+                    f"--store {self.location}: no runs yet; train one with `mnist-ray submit train`"
+                )
+            return runs[-1]
+        check_id(run, "--run")
+        hits = [r for r in runs if r["run_id"] == run] or [
+            r for r in runs if r["run_id"].startswith(run)
+        ]
+        if len(hits) == 1:
+            return hits[0]
+        if not hits:
+            raise StoreError(
+                f"--run {run}: no such run in {self.location}; see `mnist-ray results`"
+            )
+        raise StoreError(f"--run {run}: matches {len(hits)} runs; give more of the id")
+
+    # -- weights -------------------------------------------------------------------------------
+    def write_weights(self, run_id: str, weights: dict[str, np.ndarray]) -> tuple[str, str]:
+        """Save as safetensors; returns (uri, sha256) for the run row."""
+        data = encode_tensors(weights, {"run_id": run_id})
+        uri = self.write_bytes(f"weights/{check_id(run_id)}.safetensors", data)
+        return uri, hashlib.sha256(data).hexdigest()
+
+    def read_weights(self, run: dict) -> dict[str, np.ndarray]:
+        """The run's weights, refused unless they hash to the run row's sha256 and have the
+        model's shapes. safetensors holds raw arrays, so loading can never run code."""
+        relpath = f"weights/{check_id(run['run_id'])}.safetensors"
+        data = self.read_bytes(relpath)
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != run["weights_sha256"]:
+            raise StoreError(
+                f"{self.uri(relpath)}: sha256 {digest[:12]}... does not match run "
+                f"{run['run_id']} ({run['weights_sha256'][:12]}...); the file was changed, "
+                "refusing to load it"
+            )
+        weights = decode_tensors(data, self.uri(relpath))
+        for name, shape in WEIGHT_SHAPES.items():
+            got = weights.get(name)
+            if got is None or got.shape != shape or got.dtype != np.float32:
+                found = None if got is None else f"{got.dtype}{list(got.shape)}"
+                raise StoreError(
+                    f"{self.uri(relpath)}: {name} is {found}, expected float32{list(shape)}; "
+                    "not weights of this model"
+                )
+            if not np.isfinite(got).all():
+                raise StoreError(f"{self.uri(relpath)}: {name} holds NaN or infinity")
+        return weights
+
+
+def encode_tensors(arrays: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> bytes:
+    from safetensors.numpy import save
+
+    return save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata=metadata)
+
+
+def decode_tensors(data: bytes, where: str) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load
+
+    try:
+        return load(data)
+    except Exception as exc:  # safetensors raises its own error types for bad headers
+        raise StoreError(f"{where}: not a safetensors file ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _quiet_delete(fs: pafs.FileSystem, path: str) -> None:
+    try:
+        fs.delete_file(path)
+    except (OSError, pa.ArrowException):
+        pass
+
+
+def to_json(row: dict) -> str:
+    return json.dumps(row, default=str)
