@@ -51,7 +51,7 @@ def connect(address: str | None, log: Callable[[str], None] = _say) -> Iterator[
         return
     kwargs = dict(log_to_driver=False, logging_level=logging.ERROR)
     if address is None:
-        kwargs.update(include_dashboard=False)
+        kwargs.update(address="local", include_dashboard=False)  # never an existing cluster
     else:
         _check_reachable(address)
         kwargs.update(address=address)
