@@ -152,10 +152,10 @@ def submit_train(
         argv = [a for a in sys.argv[1:] if a] if sys.argv else []
         raise typer.Exit(jobs.submit_cli(address, store, argv, wait=wait, log=err.print))
     target = Store(store)
-    target.check_writable()  # fail now, not after 15 epochs
     from mnist_ray import data
 
     images, labels = data.load(cfg.dataset, "train", data_dir)
+    target.check_writable()  # fail now, not after 15 epochs
     row = train_and_store(cfg, images, labels, target, address, gpus.value)
     if as_json:
         print(_json(row))
@@ -231,12 +231,12 @@ def evaluate(
     target = Store(store)
     found = target.find_run(run)
     weights = target.read_weights(found)
-    target.check_writable()
     from mnist_ray import data
     from mnist_ray.cluster import connect, evaluate_on_ray
     from mnist_ray.evaluate import sample_index
 
     images, labels = data.load(found["dataset"], "test", data_dir)
+    target.check_writable()
     sample = sample_index(found["seed"], len(labels))
     err.print(f"Evaluating run {found['run_id']} on {shards} shard(s) ...")
     started = time.perf_counter()
