@@ -1,9 +1,9 @@
 """The command line: parse, call, print. Results go to stdout, progress to stderr.
 
-    mnist-ray submit train                 # train on an embedded local Ray
-    mnist-ray evaluate --shards 4          # evaluate the latest run on 4 CPU tasks
-    mnist-ray results                      # runs and evaluations in the store
-    mnist-ray show                         # the random sample, drawn in the terminal
+mnist-ray submit train                 # train on an embedded local Ray
+mnist-ray evaluate --shards 4          # evaluate the latest run on 4 CPU tasks
+mnist-ray results                      # runs and evaluations in the store
+mnist-ray show                         # the random sample, drawn in the terminal
 """
 
 from __future__ import annotations
@@ -68,7 +68,9 @@ def _id(value: str | None) -> str | None:
 StoreOpt = Annotated[
     str,
     typer.Option(
-        "--store", envvar="MNIST_RAY_STORE", help="Result store: a folder or s3:// gs:// file:// URI."
+        "--store",
+        envvar="MNIST_RAY_STORE",
+        help="Result store: a folder or s3:// gs:// file:// URI.",
     ),
 ]
 DataDirOpt = Annotated[
@@ -125,10 +127,14 @@ def _json(row: dict) -> str:
 @submit_app.command("train")
 @friendly
 def submit_train(
-    epochs: Annotated[int, typer.Option(min=1, max=10_000, help="Passes over the training set.")] = 15,
+    epochs: Annotated[
+        int, typer.Option(min=1, max=10_000, help="Passes over the training set.")
+    ] = 15,
     batch_size: Annotated[int, typer.Option(min=1, max=60_000, help="Images per SGD step.")] = 100,
     lr: Annotated[float, typer.Option(callback=_positive_finite, help="SGD learning rate.")] = 0.1,
-    seed: Annotated[int, typer.Option(min=0, max=2**63 - 1, help="Seed for torch and random.")] = 777,
+    seed: Annotated[
+        int, typer.Option(min=0, max=2**63 - 1, help="Seed for torch and random.")
+    ] = 777,
     dataset: Annotated[Dataset, typer.Option(help="Which dataset.")] = Dataset.mnist,
     data_dir: DataDirOpt = None,
     store: StoreOpt = DEFAULT_STORE,
@@ -205,7 +211,8 @@ def train_and_store(cfg, images, labels, store: Store, address, gpus: str) -> di
 @friendly
 def evaluate(
     run: Annotated[
-        str | None, typer.Option(callback=_id, help="Run id or its unique prefix (default: latest).")
+        str | None,
+        typer.Option(callback=_id, help="Run id or its unique prefix (default: latest)."),
     ] = None,
     shards: Annotated[
         int, typer.Option(min=1, max=MAX_SHARDS, help="CPU tasks, each a contiguous slice.")

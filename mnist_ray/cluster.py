@@ -46,15 +46,19 @@ def _say(line: str) -> None:
 def connect(address: str | None, log: Callable[[str], None] = _say) -> Iterator[None]:
     """An embedded local Ray (address None) or an existing cluster ('auto', 'host:port',
     'ray://host:10001'); disconnects, and stops an embedded one, on the way out."""
+    if address is not None:
+        _check_reachable(address)
     if ray.is_initialized():  # a caller (tests, a notebook) already connected: use that
         yield
         return
     kwargs = dict(log_to_driver=False, logging_level=logging.ERROR)
     if address is None:
-        kwargs.update(address="local", include_dashboard=False)  # never an existing cluster
+        # A new instance (never a cluster left by `ray start`), on loopback only.
+        kwargs.update(address="local", include_dashboard=False, _node_ip_address="127.0.0.1")
     else:
-        _check_reachable(address)
         kwargs.update(address=address)
+        if _is_loopback(address):
+            _keep_loopback()
     try:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -84,6 +88,22 @@ def _check_reachable(address: str, timeout: float = 3.0) -> None:
             f"--address {address}: nothing answers at {host}:{port} ({exc.strerror or exc}); "
             "is the Ray head running? (`ray start --head`, or leave --address out for a local Ray)"
         ) from None
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.split("://", 1)[-1].rpartition(":")[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _keep_loopback() -> None:
+    """Ray rewrites a 127.0.0.1 address to the machine's outside IP before connecting
+    (services.resolve_ip_for_localhost), so a head bound to loopback, as ours are, looks
+    unreachable and ray.init retries for minutes. Ray's own switch for single-machine
+    clusters (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) keeps loopback as loopback; it is
+    read at import, so set the value it sets."""
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def _first_line(exc: BaseException) -> str:

@@ -53,7 +53,13 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, address="local")
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            address="local",
+            _node_ip_address="127.0.0.1",
+        )
     yield ray
 
 

@@ -111,7 +111,9 @@ def test_corrupted_mnist_file_fails_its_md5(tmp_path, data_dir):
     data = bytearray(path.read_bytes())
     data[5000] ^= 0xFF  # one flipped byte: size and header still fine
     path.write_bytes(bytes(data))
-    with pytest.raises(DataError, match="md5 .* is not the published 2646ac647ad5339dbf082846283269ea"):
+    with pytest.raises(
+        DataError, match="md5 .* is not the published 2646ac647ad5339dbf082846283269ea"
+    ):
         load("mnist", "test", tmp_path, download=False)
 
 

@@ -60,6 +60,8 @@ def test_every_shard_count_gives_identical_counts(tutorial_weights, mnist_test):
 
 def test_merge_refuses_a_missing_shard(tutorial_weights, mnist_test):
     images, labels = mnist_test
-    parts = [evaluate_shard(tutorial_weights, images, labels, a, b) for a, b in shard_bounds(10000, 4)]
+    parts = [
+        evaluate_shard(tutorial_weights, images, labels, a, b) for a, b in shard_bounds(10000, 4)
+    ]
     with pytest.raises(ValueError, match="gap or overlap"):
         merge(parts[:1] + parts[2:])

@@ -54,7 +54,9 @@ def test_duckdb_reads_the_store_with_a_glob(tmp_path):
     for acc in (0.5, 0.75, 0.9226):
         store.write_row("evaluations", eval_row(accuracy=acc))
     glob = f"{tmp_path}/evaluations/**/*.parquet"
-    [(n, best)] = duckdb.sql(f"select count(*), max(accuracy) from read_parquet('{glob}')").fetchall()
+    [(n, best)] = duckdb.sql(
+        f"select count(*), max(accuracy) from read_parquet('{glob}')"
+    ).fetchall()
     assert (n, best) == (3, 0.9226)
 
 
@@ -77,7 +79,9 @@ def test_concurrent_writers_never_collide(tmp_path):
     location = str(tmp_path / "s")
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(lambda _: _write_many(location, 5), range(4)))
-    procs = [mp.get_context("spawn").Process(target=_write_many, args=(location, 5)) for _ in range(3)]
+    procs = [
+        mp.get_context("spawn").Process(target=_write_many, args=(location, 5)) for _ in range(3)
+    ]
     for p in procs:
         p.start()
     for p in procs:
@@ -106,7 +110,9 @@ def test_weights_round_trip_and_refuse_tampering(tmp_path):
 def test_weights_of_the_wrong_shape_are_refused(tmp_path):
     store = Store(tmp_path)
     _, sha = store.write_weights("run-2", {"weight": np.ones((10, 10), np.float32)})
-    with pytest.raises(StoreError, match=r"weight is float32\[10, 10\], expected float32\[10, 784\]"):
+    with pytest.raises(
+        StoreError, match=r"weight is float32\[10, 10\], expected float32\[10, 784\]"
+    ):
         store.read_weights({"run_id": "run-2", "weights_sha256": sha})
 
 

@@ -87,7 +87,9 @@ def test_resume_from_a_checkpoint_is_bit_identical(mnist_train):
 
 def test_other_hyperparameters_change_the_run(mnist_train):
     base = train(TrainConfig(epochs=1), *mnist_train, CPU, log=_quiet)
-    other = train(TrainConfig(epochs=1, seed=1, batch_size=50, lr=0.05), *mnist_train, CPU, log=_quiet)
+    other = train(
+        TrainConfig(epochs=1, seed=1, batch_size=50, lr=0.05), *mnist_train, CPU, log=_quiet
+    )
     assert other.epoch_costs[0] != base.epoch_costs[0]
 
 
