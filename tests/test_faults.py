@@ -355,6 +355,17 @@ def test_node_lost_during_evaluation(local, test_split, tmp_path):
     assert merged["confusion"] == reference["confusion"]
     assert merged["accuracy"] == reference["accuracy"]
     assert local.cluster.head_node.node_id in merged["node_ids"]
+    retried = _wait(  # the shards lost with the node ran again, on the head
+        lambda: [
+            t
+            for t in local.tasks(state="FINISHED")
+            if t.name.startswith("shard ") and t.attempt_number > 0
+        ],
+        "a retried shard in the state API",
+        timeout=30,
+        every=1.0,
+    )
+    assert {t.node_id for t in retried} == {local.cluster.head_node.node_id}
 
 
 # ---- Ctrl-C -----------------------------------------------------------------------------------
