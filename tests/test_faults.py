@@ -107,7 +107,7 @@ def local(tmp_path_factory):
     os.environ.update(LOOPBACK_ONLY | {FAULTS: str(faults)})  # the nodes' workers inherit it
     saved_flag = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False  # read at import time; same meaning as the env
-    saved_address = ADDRESS_FILE.read_text() if ADDRESS_FILE.exists() else None
+    saved_address = _read_address_file()
     head = Cluster(
         initialize_head=True,
         head_node_args=dict(
@@ -119,14 +119,19 @@ def local(tmp_path_factory):
             dashboard_port=_free_port(),
         ),
     )
-    _restore_address_file(saved_address)  # others' plain `ray.init()` must not join this one
+    ours = head.address
+    _restore_address_file(saved_address, ours)  # others' `ray.init()` must not join this one
     try:
-        ray.init(address=head.address, log_to_driver=False, logging_level="ERROR")
+        ray.init(address=ours, log_to_driver=False, logging_level="ERROR")
         yield Local(head, faults)
     finally:
         ray.shutdown()
-        head.shutdown()
-        _restore_address_file(saved_address)
+        current = _read_address_file()
+        head.shutdown()  # deletes the address file, whoever wrote it last
+        if current is not None and current != ours:
+            _restore_address_file(current, None)
+        else:
+            _restore_address_file(saved_address, None)
         ray_constants.ENABLE_RAY_CLUSTER = saved_flag
         for k, v in saved_env.items():
             if v is None:
@@ -137,7 +142,19 @@ def local(tmp_path_factory):
             ray.init(address="local", num_cpus=2)
 
 
-def _restore_address_file(saved: str | None) -> None:
+def _read_address_file() -> str | None:
+    try:
+        return ADDRESS_FILE.read_text().strip()
+    except OSError:
+        return None
+
+
+def _restore_address_file(saved: str | None, ours: str | None) -> None:
+    """Put back what `ray.init()` would join, unless someone else has written it since we
+    did (ours: the address we may have written; None: restore whatever is there)."""
+    current = _read_address_file()
+    if ours is not None and current != ours:
+        return
     try:
         if saved is None:
             ADDRESS_FILE.unlink(missing_ok=True)
