@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import ray
@@ -29,6 +31,7 @@ from mnist_ray.evaluate import evaluate_shard, merge, shard_bounds
 from mnist_ray.store import Store
 
 RETRIES = 3  # Ray re-runs a task whose worker or node died, this many times
+FAULTS = "MNIST_RAY_FAULTS"  # fault injection for tests: a folder of tokens, see _fault
 
 
 class ClusterError(RuntimeError):
@@ -134,12 +137,29 @@ def _where() -> dict:
     }
 
 
+def _fault(stage: str) -> None:
+    """Fault injection for the fault tests. When $MNIST_RAY_FAULTS names a folder (in the
+    environment of the Ray workers), a task of `stage` ("train" or "shard") that manages to
+    remove one file named `<stage>-*` from it kills its own process with SIGKILL: a real
+    worker death, as the OOM killer would cause, that Ray retries. Unset: does nothing."""
+    folder = os.environ.get(FAULTS)
+    if not folder:
+        return
+    for token in sorted(Path(folder).glob(f"{stage}-*")):
+        try:
+            token.unlink()  # atomic: of tasks racing for one token, one wins
+        except FileNotFoundError:
+            continue
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 # ---- training ---------------------------------------------------------------------------------
 
 
 def _train_task(
     cfg: dict, images: np.ndarray, labels: np.ndarray, store: str, run_id: str, use_gpu: bool
 ) -> dict:
+    _fault("train")
     import torch
 
     from mnist_ray.train import pick_device, train
@@ -211,6 +231,7 @@ def train_on_ray(
 
 
 def _shard_task(weights, images, labels, start: int, stop: int, sample: int) -> dict:
+    _fault("shard")
     part = evaluate_shard(weights, images, labels, start, stop, sample)
     part["node_id"] = ray.get_runtime_context().get_node_id()
     return part
