@@ -112,7 +112,7 @@ def main() -> None:
     print(f"mnist-ray    : {ours_s:8.2f} s for {args.epochs} epochs on {ours_device}")
     print(f"ratio        : {scaled / ours_s:8.1f}x faster")
     n = min(len(ours_costs), len(classic_costs))
-    diff = max(abs(a - b) for a, b in zip(ours_costs[:n], classic_costs[:n]))
+    diff = max(abs(a - b) for a, b in zip(ours_costs[:n], classic_costs[:n], strict=False))
     print(
         f"costs        : last {ours_costs[-1]:.9f}; max |ours - classic| over {n} epochs = {diff:.1e}"
     )

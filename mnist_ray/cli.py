@@ -13,7 +13,7 @@ import json
 import math
 import sys
 import time
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -39,12 +39,12 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-class Dataset(str, Enum):
+class Dataset(StrEnum):
     mnist = "mnist"
     fashion_mnist = "fashion-mnist"
 
 
-class Gpus(str, Enum):
+class Gpus(StrEnum):
     auto = "auto"
     none = "0"
     one = "1"
@@ -183,8 +183,12 @@ def train_and_store(cfg, images, labels, store: Store, address, gpus: str) -> di
 
     run_id = new_id("run")
     err.print(f"Training {cfg.dataset} for {cfg.epochs} epochs as run {run_id} ...")
-    with connect(address, log=err.print):
-        outcome = train_on_ray(cfg, images, labels, store, run_id, gpus, log=err.print)
+    try:
+        with connect(address, log=err.print):
+            outcome = train_on_ray(cfg, images, labels, store, run_id, gpus, log=err.print)
+    except BaseException:  # failed or interrupted: no run, so its checkpoints can't resume
+        checkpoints.clear(store, run_id)
+        raise
     for epoch, cost in enumerate(outcome["epoch_costs"], 1):
         err.print(f"Epoch: {epoch:04d} cost = {cost:.9f}")
     weights_uri, sha = store.write_weights(run_id, outcome["weights"])
@@ -373,7 +377,10 @@ def draw(pixels) -> list[str]:
     for r in range(0, pixels.shape[0], 2):
         top, bottom = pixels[r], pixels[r + 1]
         lines.append(
-            "".join(shades[min(9, int(max(a, b)) * 10 // 256)] * 2 for a, b in zip(top, bottom))
+            "".join(
+                shades[min(9, int(max(a, b)) * 10 // 256)] * 2
+                for a, b in zip(top, bottom, strict=False)
+            )
         )
     return lines
 
