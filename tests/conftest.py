@@ -46,10 +46,9 @@ def mnist_test():
     return load("mnist", "test")
 
 
-@pytest.fixture
-def ray_local():
-    """One local Ray for the session (2 CPUs), started on first use and reused; a test
-    that needs a cluster of its own shuts it down and the next user starts it again."""
+def ensure_ray():
+    """One local Ray for the session (2 CPUs, loopback), started on first use and reused;
+    a test that needs a cluster of its own shuts it down and the next user starts it again."""
     import ray
 
     if not ray.is_initialized():
@@ -60,7 +59,12 @@ def ray_local():
             address="local",
             _node_ip_address="127.0.0.1",
         )
-    yield ray
+    return ray
+
+
+@pytest.fixture
+def ray_local():
+    return ensure_ray()
 
 
 def pytest_sessionfinish(session, exitstatus):

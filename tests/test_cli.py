@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import TUTORIAL_COSTS
+from conftest import TUTORIAL_COSTS, ensure_ray
 from typer.testing import CliRunner
 
 from mnist_ray.cli import app
@@ -18,8 +18,9 @@ def run(*args: str):
 
 
 @pytest.fixture(scope="module")
-def tutorial_store(ray_local, tmp_path_factory):
+def tutorial_store(tmp_path_factory):
     """`mnist-ray submit train` with the tutorial's defaults, once for this module."""
+    ensure_ray()
     store = tmp_path_factory.mktemp("store")
     result = run("submit", "train", "--store", str(store), "--json")
     assert result.exit_code == 0, result.output
