@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import typer
 
@@ -88,8 +89,17 @@ def entrypoint(argv: list[str], store: str) -> str:
 
 
 def check_shared_store(store: str) -> None:
-    """A relative folder would be resolved on the head, in the job's scratch directory."""
-    if "://" in store or os.path.isabs(os.path.expanduser(store)):
+    """A relative folder would be resolved on the head, in the job's scratch directory;
+    credentials in a URI would be shown to anyone who can list the cluster's jobs."""
+    if "://" in store:
+        if urlsplit(store).password is not None:
+            raise _error(
+                "--store: the URI holds a secret, which the job's entrypoint would show to "
+                "anyone who can list jobs; give the cluster its credentials through its "
+                "environment (AWS_ACCESS_KEY_ID, ... or an instance role) instead"
+            )
+        return
+    if os.path.isabs(os.path.expanduser(store)):
         return
     raise _error(
         f"--store {store}: with a remote --address the store must be shared storage, "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import random
 import secrets
@@ -113,6 +114,37 @@ def http_json(url: str, token: str | None = None, timeout: float = 5.0):
         return json.loads(r.read() or b"null")
 
 
+# ---- running the CLI the way a user does --------------------------------------------------------
+
+
+def client_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The submitting user's environment: no Ray token unless given, no ~/.ray."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+    home = tmp_path / "client-home"
+    home.mkdir(exist_ok=True)
+    env.update(HOME=str(home), PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0", **extra)
+    return env
+
+
+def mnist_ray(args: list[str], env: dict[str, str], timeout: float = 300):
+    return subprocess.run(
+        [f"{VENV_BIN}/mnist-ray", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def one_line_error(result, *needles: str) -> None:
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
 @dataclass
 class RayCluster:
     """A head and workers started with the `ray` command line; see ray_cli_cluster."""
@@ -212,15 +244,41 @@ def _pids_naming(text: str) -> list[int]:
 
 
 @pytest.fixture(scope="session")
-def ray_cli_cluster(mnist_data, tmp_path_factory):
+def s3_server():
+    """moto's S3 server on 127.0.0.1; yields (endpoint URL, the environment that reaches it)."""
+    moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
+    (port,) = free_ports(1)
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": url,
+    }
+    try:
+        yield url, env
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cli_cluster(mnist_data, tmp_path_factory, request):
     """A token-protected two-node cluster: a CPU head and a worker declaring one GPU.
 
     Yields (cluster, gpu_node_id). The job driver runs on the head with this repository
-    on PYTHONPATH, so the cluster runs the code under test.
+    on PYTHONPATH, so the cluster runs the code under test; every node reaches the
+    s3_server fixture's S3 through the standard AWS_* variables.
     """
     if shutil.which("ray", path=VENV_BIN) is None:
         pytest.skip(f"no `ray` command beside {sys.executable}")
     # A short path: Ray's socket names must stay under the 107-byte limit.
+    try:
+        s3_env = request.getfixturevalue("s3_server")[1]
+    except pytest.skip.Exception:  # no moto: the cluster runs, the S3 tests skip
+        s3_env = {}
     temp_dir = Path(tempfile.mkdtemp(prefix="mr-", dir="/tmp"))
     home = tmp_path_factory.mktemp("home")  # no ~/.ray/auth_token of the machine's user
     token = secrets.token_hex(16)
@@ -233,6 +291,7 @@ def ray_cli_cluster(mnist_data, tmp_path_factory):
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": token,
         "RAY_USAGE_STATS_ENABLED": "0",
+        **s3_env,
     }
     env.pop("RAY_ADDRESS", None)
     cluster = RayCluster(temp_dir=temp_dir, env=env, token=token)

@@ -7,45 +7,15 @@ a user runs it, and the store is a folder both nodes see.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-from pathlib import Path
 
-from conftest import REPO, VENV_BIN, free_ports
+from conftest import VENV_BIN, client_env, free_ports, mnist_ray, one_line_error
 
 from mnist_ray.jobs import entrypoint
 from mnist_ray.store import Store
 
 JOB_ID = re.compile(r"raysubmit_\w+")
-
-
-def client_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    """The submitting user's environment: no Ray token unless given, no ~/.ray."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
-    home = tmp_path / "client-home"
-    home.mkdir(exist_ok=True)
-    env.update(HOME=str(home), PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0", **extra)
-    return env
-
-
-def mnist_ray(args: list[str], env: dict[str, str], timeout: float = 300):
-    return subprocess.run(
-        [f"{VENV_BIN}/mnist-ray", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def one_line_error(result, *needles: str) -> None:
-    assert result.returncode == 1, result
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 # ---- no cluster needed ------------------------------------------------------------------------
