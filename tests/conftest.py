@@ -91,11 +91,18 @@ def node_ports(head: bool) -> tuple[list[str], dict[str, int]]:
     return flags + [f"--min-worker-port={low}", f"--max-worker-port={high}"], ports
 
 
-def wait_until(what: str, check, timeout: float, every: float = 1.0):
-    """check() until it returns something true; bounded in time (and so in count)."""
+class ProcessExited(RuntimeError):
+    pass
+
+
+def wait_until(what: str, check, timeout: float, every: float = 1.0, proc=None):
+    """check() until it returns something true; bounded in time (and so in count).
+    With proc, gives up as soon as that process has exited."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ProcessExited(f"{what}: the process exited with {proc.returncode}")
         try:
             got = check()
             if got:
@@ -157,7 +164,20 @@ class RayCluster:
     gcs: str = ""
     dashboard: str = ""
 
-    def start(self, args: list[str], head: bool, log: Path) -> dict:
+    def start(self, args: list[str], head: bool, log: Path, attempts: int = 2) -> dict:
+        """Start one node and wait until it serves. A loaded machine can make `ray start`
+        give up (it allows a raylet 30 s to register): then start it again, once."""
+        for attempt in range(1, attempts + 1):
+            proc, ports = self._launch(args, head, log)
+            try:
+                self._wait_ready(proc, ports, head)
+                return ports
+            except (ProcessExited, TimeoutError):
+                _signal_group(proc.pid, signal.SIGKILL)
+                if attempt == attempts:
+                    raise
+
+    def _launch(self, args: list[str], head: bool, log: Path):
         flags, ports = node_ports(head)
         cmd = [f"{VENV_BIN}/ray", "start", "--block", "--node-ip-address=127.0.0.1", *flags]
         if head:
@@ -167,34 +187,34 @@ class RayCluster:
                 "--include-dashboard=true",
                 "--dashboard-host=127.0.0.1",
             ]
-        else:
-            cmd += [f"--address={self.gcs}"]
-        out = open(log, "wb")  # noqa: SIM115 - handed to the process, closed with it
-        self.logs.append(log)
-        self.procs.append(
-            subprocess.Popen(
-                cmd + args,
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        )
-        if head:
             self.gcs = f"127.0.0.1:{ports['port']}"
             self.dashboard = f"http://127.0.0.1:{ports['dashboard-port']}"
+        else:
+            cmd += [f"--address={self.gcs}"]
+        out = open(log, "ab")  # noqa: SIM115 - handed to the process, closed with it
+        if log not in self.logs:
+            self.logs.append(log)
+        proc = subprocess.Popen(
+            cmd + args, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.procs.append(proc)
+        return proc, ports
+
+    def _wait_ready(self, proc: subprocess.Popen, ports: dict, head: bool) -> None:
+        if head:
             wait_until(
                 "Ray head's Jobs API",
                 lambda: http_json(f"{self.dashboard}/api/version", self.token),
                 timeout=120,
+                proc=proc,
             )
         agent = f"http://127.0.0.1:{ports['dashboard-agent-listen-port']}"
         wait_until(
             "Ray node's raylet",
             lambda: urllib.request.urlopen(f"{agent}/api/local_raylet_healthz", timeout=5),
             timeout=120,
+            proc=proc,
         )
-        return ports
 
     def nodes(self) -> list[dict]:
         """Alive nodes from the state API, each with node_id and resources_total."""
