@@ -239,12 +239,14 @@ app = typer.Typer(
     help="Jobs on a Ray cluster: `mnist-ray jobs status JOB_ID --address http://HOST:8265`.",
 )
 
-JobId = Annotated[str, typer.Argument(help="The job's submission id (raysubmit_...).")]
+JobId = Annotated[
+    str, typer.Argument(metavar="JOB_ID", help="The job's submission id (raysubmit_...).")
+]
 Address = Annotated[
     str,
     typer.Option(
         "--address",
-        envvar="RAY_ADDRESS",
+        envvar=["RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"],  # as `ray job` reads them
         help="The cluster's Jobs API, http://HOST:8265 (the head's dashboard port).",
     ),
 ]
