@@ -9,6 +9,7 @@ run takes exactly the steps an uninterrupted one takes. safetensors, no pickle.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,7 +66,5 @@ def latest(store: Store, run_id: str) -> Checkpoint | None:
 
 def clear(store: Store, run_id: str) -> None:
     """Drop a finished run's checkpoints; its weights file is what stays."""
-    try:
+    with contextlib.suppress(OSError, FileNotFoundError):
         store.fs.delete_dir(store.path(folder(run_id)))
-    except (OSError, FileNotFoundError):
-        pass

@@ -1,9 +1,9 @@
 """The command line: parse, call, print. Results go to stdout, progress to stderr.
 
-    mnist-ray submit train                 # train on an embedded local Ray
-    mnist-ray evaluate --shards 4          # evaluate the latest run on 4 CPU tasks
-    mnist-ray results                      # runs and evaluations in the store
-    mnist-ray show                         # the random sample, drawn in the terminal
+mnist-ray submit train                 # train on an embedded local Ray
+mnist-ray evaluate --shards 4          # evaluate the latest run on 4 CPU tasks
+mnist-ray results                      # runs and evaluations in the store
+mnist-ray show                         # the random sample, drawn in the terminal
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import functools
 import json
 import math
 import time
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -39,12 +39,12 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-class Dataset(str, Enum):
+class Dataset(StrEnum):
     mnist = "mnist"
     fashion_mnist = "fashion-mnist"
 
 
-class Gpus(str, Enum):
+class Gpus(StrEnum):
     auto = "auto"
     none = "0"
     one = "1"
@@ -68,7 +68,9 @@ def _id(value: str | None) -> str | None:
 StoreOpt = Annotated[
     str,
     typer.Option(
-        "--store", envvar="MNIST_RAY_STORE", help="Result store: a folder or s3:// gs:// file:// URI."
+        "--store",
+        envvar="MNIST_RAY_STORE",
+        help="Result store: a folder or s3:// gs:// file:// URI.",
     ),
 ]
 DataDirOpt = Annotated[
@@ -126,10 +128,14 @@ def _json(row: dict) -> str:
 @friendly
 def submit_train(
     ctx: typer.Context,
-    epochs: Annotated[int, typer.Option(min=1, max=10_000, help="Passes over the training set.")] = 15,
+    epochs: Annotated[
+        int, typer.Option(min=1, max=10_000, help="Passes over the training set.")
+    ] = 15,
     batch_size: Annotated[int, typer.Option(min=1, max=60_000, help="Images per SGD step.")] = 100,
     lr: Annotated[float, typer.Option(callback=_positive_finite, help="SGD learning rate.")] = 0.1,
-    seed: Annotated[int, typer.Option(min=0, max=2**63 - 1, help="Seed for torch and random.")] = 777,
+    seed: Annotated[
+        int, typer.Option(min=0, max=2**63 - 1, help="Seed for torch and random.")
+    ] = 777,
     dataset: Annotated[Dataset, typer.Option(help="Which dataset.")] = Dataset.mnist,
     data_dir: DataDirOpt = None,
     store: StoreOpt = DEFAULT_STORE,
@@ -151,10 +157,10 @@ def submit_train(
         argv = jobs.command_argv(ctx)
         raise typer.Exit(jobs.submit_cli(address, store, argv, wait=wait, log=err.print))
     target = Store(store)
-    target.check_writable()  # fail now, not after 15 epochs
     from mnist_ray import data
 
     images, labels = data.load(cfg.dataset, "train", data_dir)
+    target.check_writable()  # fail now, not after 15 epochs
     row = train_and_store(cfg, images, labels, target, address, gpus.value)
     if as_json:
         print(_json(row))
@@ -176,8 +182,12 @@ def train_and_store(cfg, images, labels, store: Store, address, gpus: str) -> di
 
     run_id = new_id("run")
     err.print(f"Training {cfg.dataset} for {cfg.epochs} epochs as run {run_id} ...")
-    with connect(address, log=err.print):
-        outcome = train_on_ray(cfg, images, labels, store, run_id, gpus, log=err.print)
+    try:
+        with connect(address, log=err.print):
+            outcome = train_on_ray(cfg, images, labels, store, run_id, gpus, log=err.print)
+    except BaseException:  # failed or interrupted: no run, so its checkpoints can't resume
+        checkpoints.clear(store, run_id)
+        raise
     for epoch, cost in enumerate(outcome["epoch_costs"], 1):
         err.print(f"Epoch: {epoch:04d} cost = {cost:.9f}")
     weights_uri, sha = store.write_weights(run_id, outcome["weights"])
@@ -205,7 +215,8 @@ def train_and_store(cfg, images, labels, store: Store, address, gpus: str) -> di
 def evaluate(
     ctx: typer.Context,
     run: Annotated[
-        str | None, typer.Option(callback=_id, help="Run id or its unique prefix (default: latest).")
+        str | None,
+        typer.Option(callback=_id, help="Run id or its unique prefix (default: latest)."),
     ] = None,
     shards: Annotated[
         int, typer.Option(min=1, max=MAX_SHARDS, help="CPU tasks, each a contiguous slice.")
@@ -229,12 +240,12 @@ def evaluate(
     target = Store(store)
     found = target.find_run(run)
     weights = target.read_weights(found)
-    target.check_writable()
     from mnist_ray import data
     from mnist_ray.cluster import connect, evaluate_on_ray
     from mnist_ray.evaluate import sample_index
 
     images, labels = data.load(found["dataset"], "test", data_dir)
+    target.check_writable()
     sample = sample_index(found["seed"], len(labels))
     err.print(f"Evaluating run {found['run_id']} on {shards} shard(s) ...")
     started = time.perf_counter()
@@ -364,7 +375,10 @@ def draw(pixels) -> list[str]:
     for r in range(0, pixels.shape[0], 2):
         top, bottom = pixels[r], pixels[r + 1]
         lines.append(
-            "".join(shades[min(9, int(max(a, b)) * 10 // 256)] * 2 for a, b in zip(top, bottom))
+            "".join(
+                shades[min(9, int(max(a, b)) * 10 // 256)] * 2
+                for a, b in zip(top, bottom, strict=False)
+            )
         )
     return lines
 

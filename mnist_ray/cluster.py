@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import ray
@@ -29,6 +31,7 @@ from mnist_ray.evaluate import evaluate_shard, merge, shard_bounds
 from mnist_ray.store import Store
 
 RETRIES = 3  # Ray re-runs a task whose worker or node died, this many times
+FAULTS = "MNIST_RAY_FAULTS"  # fault injection for tests: a folder of tokens, see _fault
 
 
 class ClusterError(RuntimeError):
@@ -46,15 +49,19 @@ def _say(line: str) -> None:
 def connect(address: str | None, log: Callable[[str], None] = _say) -> Iterator[None]:
     """An embedded local Ray (address None) or an existing cluster ('auto', 'host:port',
     'ray://host:10001'); disconnects, and stops an embedded one, on the way out."""
+    if address is not None:
+        _check_reachable(address)
     if ray.is_initialized():  # a caller (tests, a notebook) already connected: use that
         yield
         return
     kwargs = dict(log_to_driver=False, logging_level=logging.ERROR)
     if address is None:
-        kwargs.update(address="local", include_dashboard=False)  # never an existing cluster
+        # A new instance (never a cluster left by `ray start`), on loopback only.
+        kwargs.update(address="local", include_dashboard=False, _node_ip_address="127.0.0.1")
     else:
-        _check_reachable(address)
         kwargs.update(address=address)
+        if _is_loopback(address):
+            _keep_loopback()
     try:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -86,6 +93,22 @@ def _check_reachable(address: str, timeout: float = 3.0) -> None:
         ) from None
 
 
+def _is_loopback(address: str) -> bool:
+    host = address.split("://", 1)[-1].rpartition(":")[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _keep_loopback() -> None:
+    """Ray rewrites a 127.0.0.1 address to the machine's outside IP before connecting
+    (services.resolve_ip_for_localhost), so a head bound to loopback, as ours are, looks
+    unreachable and ray.init retries for minutes. Ray's own switch for single-machine
+    clusters (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) keeps loopback as loopback; it is
+    read at import, so set the value it sets."""
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -114,12 +137,29 @@ def _where() -> dict:
     }
 
 
+def _fault(stage: str) -> None:
+    """Fault injection for the fault tests. When $MNIST_RAY_FAULTS names a folder (in the
+    environment of the Ray workers), a task of `stage` ("train" or "shard") that manages to
+    remove one file named `<stage>-*` from it kills its own process with SIGKILL: a real
+    worker death, as the OOM killer would cause, that Ray retries. Unset: does nothing."""
+    folder = os.environ.get(FAULTS)
+    if not folder:
+        return
+    for token in sorted(Path(folder).glob(f"{stage}-*")):
+        try:
+            token.unlink()  # atomic: of tasks racing for one token, one wins
+        except FileNotFoundError:
+            continue
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 # ---- training ---------------------------------------------------------------------------------
 
 
 def _train_task(
     cfg: dict, images: np.ndarray, labels: np.ndarray, store: str, run_id: str, use_gpu: bool
 ) -> dict:
+    _fault("train")
     import torch
 
     from mnist_ray.train import pick_device, train
@@ -191,6 +231,7 @@ def train_on_ray(
 
 
 def _shard_task(weights, images, labels, start: int, stop: int, sample: int) -> dict:
+    _fault("shard")
     part = evaluate_shard(weights, images, labels, start, stop, sample)
     part["node_id"] = ray.get_runtime_context().get_node_id()
     return part

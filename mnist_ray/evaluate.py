@@ -77,7 +77,8 @@ def evaluate_shard(
             "index": sample,
             "label": int(y[i]),
             "prediction": int(predicted[i]),
-            "probabilities": softmax(z[i]).tolist(),
+            # Its own 1-row product, so the probabilities don't depend on the shard's size.
+            "probabilities": softmax(logits(weights, x[i : i + 1])[0]).tolist(),
             "pixels": np.asarray(x[i], dtype=np.uint8).reshape(-1).tolist(),
         }
     return part

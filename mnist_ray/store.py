@@ -18,6 +18,7 @@ file (pyarrow.dataset and DuckDB's `*.parquet` globs skip the temporary names).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -282,10 +283,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _quiet_delete(fs: pafs.FileSystem, path: str) -> None:
-    try:
+    with contextlib.suppress(OSError, pa.ArrowException):
         fs.delete_file(path)
-    except (OSError, pa.ArrowException):
-        pass
 
 
 def to_json(row: dict) -> str:

@@ -1,0 +1,156 @@
+"""Side-by-side benchmark: the classic tutorial loop against mnist-ray's training, in one
+process on the same data and device; then the CLI end to end.
+
+    python bench/bench.py                    # CPU: 15 epochs each, then the CLI timings
+    python bench/bench.py --device cuda      # on a GPU machine
+    python bench/bench.py --classic-epochs 3 # shorter: the classic loop's time per epoch x 15
+
+Prints each time, the ratio, and peak memory. MNIST comes from --data-dir or
+$MNIST_RAY_DATA (see README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+
+def classic(data_dir: str, device: torch.device, epochs: int) -> tuple[float, list[float]]:
+    """The tutorial's program: DataLoader over torchvision's MNIST with ToTensor."""
+    import torchvision.datasets as dsets
+    import torchvision.transforms as transforms
+
+    random.seed(777)
+    torch.manual_seed(777)
+    mnist_train = dsets.MNIST(root=data_dir, train=True, transform=transforms.ToTensor())
+    loader = torch.utils.data.DataLoader(mnist_train, batch_size=100, shuffle=True, drop_last=True)
+    linear = torch.nn.Linear(784, 10, bias=True).to(device)
+    criterion = torch.nn.CrossEntropyLoss().to(device)
+    optimizer = torch.optim.SGD(linear.parameters(), lr=0.1)
+    _sync(device)
+    started = time.perf_counter()
+    costs = []
+    for _ in range(epochs):
+        avg_cost = 0
+        for X, Y in loader:
+            X = X.view(-1, 28 * 28).to(device)
+            Y = Y.to(device)
+            optimizer.zero_grad()
+            cost = criterion(linear(X), Y)
+            cost.backward()
+            optimizer.step()
+            avg_cost += cost / len(loader)
+        costs.append(float(avg_cost))
+    _sync(device)
+    return time.perf_counter() - started, costs
+
+
+def ours(data_dir: str, device: torch.device, epochs: int) -> tuple[float, list[float], str]:
+    from mnist_ray.config import TrainConfig
+    from mnist_ray.data import load
+    from mnist_ray.train import train
+
+    images, labels = load("mnist", "train", data_dir)
+    result = train(TrainConfig(epochs=epochs), images, labels, device, log=lambda _: None)
+    _sync(device)
+    return result.seconds, result.epoch_costs, result.device
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def cli(args: list[str], env: dict) -> tuple[float, int, str]:
+    started = time.perf_counter()
+    proc = subprocess.run(["mnist-ray", *args], env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024
+    if proc.returncode != 0:
+        sys.exit(f"mnist-ray {' '.join(args)} failed:\n{proc.stderr}")
+    return elapsed, peak, proc.stdout.strip().splitlines()[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", default=os.environ.get("MNIST_RAY_DATA"))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--classic-epochs", type=int, default=None, help="default: --epochs")
+    parser.add_argument("--skip-cli", action="store_true")
+    args = parser.parse_args()
+    if not args.data_dir:
+        sys.exit("set --data-dir or MNIST_RAY_DATA to the folder holding MNIST/raw/")
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device: {name}; torch {torch.__version__}; threads {torch.get_num_threads()}")
+
+    classic_epochs = args.classic_epochs or args.epochs
+    ours_s, ours_costs, ours_device = ours(args.data_dir, device, args.epochs)
+    if device.type == "cuda":
+        ours_peak = torch.cuda.max_memory_allocated(device) / 2**20
+        torch.cuda.reset_peak_memory_stats(device)
+    classic_s, classic_costs = classic(args.data_dir, device, classic_epochs)
+    scaled = classic_s * args.epochs / classic_epochs
+    print(
+        f"classic loop : {classic_s:8.2f} s for {classic_epochs} epochs"
+        + (
+            f" (x{args.epochs / classic_epochs:g} = {scaled:.2f} s)"
+            if classic_epochs != args.epochs
+            else ""
+        )
+    )
+    print(f"mnist-ray    : {ours_s:8.2f} s for {args.epochs} epochs on {ours_device}")
+    print(f"ratio        : {scaled / ours_s:8.1f}x faster")
+    n = min(len(ours_costs), len(classic_costs))
+    diff = max(abs(a - b) for a, b in zip(ours_costs[:n], classic_costs[:n], strict=False))
+    print(
+        f"costs        : last {ours_costs[-1]:.9f}; max |ours - classic| over {n} epochs = {diff:.1e}"
+    )
+    if device.type == "cuda":
+        print(
+            f"GPU peak mem : mnist-ray {ours_peak:.0f} MiB, classic "
+            f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB"
+        )
+    else:
+        print(
+            f"peak RSS     : {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MiB "
+            "(this process, both loops; the training set as float32 is 188 MB)"
+        )
+    if args.skip_cli or not shutil.which("mnist-ray"):
+        return
+    with tempfile.TemporaryDirectory() as store:
+        env = dict(os.environ, MNIST_RAY_DATA=args.data_dir)
+        t, peak, line = cli(["submit", "train", "--store", store], env)
+        print(
+            f"mnist-ray submit train      : {t:6.2f} s end to end (driver peak RSS {peak} MiB)\n    {line}"
+        )
+        t, peak, line = cli(["evaluate", "--shards", "4", "--store", store], env)
+        print(
+            f"mnist-ray evaluate --shards 4: {t:6.2f} s end to end (driver peak RSS {peak} MiB)\n    {line}"
+        )
+        t0 = time.perf_counter()
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import ray; ray.init(address='local', include_dashboard=False, "
+                "_node_ip_address='127.0.0.1', logging_level=40); ray.shutdown()",
+            ],
+            env=env,
+            capture_output=True,
+        )
+        print(f"for scale, a bare ray.init() + shutdown: {time.perf_counter() - t0:6.2f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Ray: the real local Ray of the session, and a real two-node cluster with a GPU node."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import numpy as np
+import pytest
+
+from mnist_ray.cluster import ClusterError, connect, evaluate_on_ray, gpu_request, train_on_ray
+from mnist_ray.config import TrainConfig
+from mnist_ray.evaluate import evaluate_shard, merge
+from mnist_ray.store import Store
+
+
+@pytest.fixture(scope="module")
+def random_weights():
+    rng = np.random.default_rng(1)
+    return {
+        "weight": rng.normal(0, 0.01, (10, 784)).astype(np.float32),
+        "bias": rng.normal(0, 0.01, 10).astype(np.float32),
+    }
+
+
+def test_training_task_reports_where_it_ran(ray_local, mnist_train, tmp_path):
+    notices = []
+    outcome = train_on_ray(
+        TrainConfig(epochs=1), *mnist_train, Store(tmp_path), "run-t1", "auto", log=notices.append
+    )
+    assert notices == ["No GPU in the Ray cluster: training on the CPU."]
+    assert f"{outcome['epoch_costs'][0]:.9f}" == "0.535150588"
+    assert outcome["device"] == "cpu" and outcome["gpu_ids"] == []
+    assert outcome["node_id"] == ray_local.get_runtime_context().get_node_id()
+    assert outcome["weights"]["weight"].shape == (10, 784)
+    # the task checkpointed each epoch into the store
+    assert (tmp_path / "checkpoints" / "run-t1" / "epoch-0001.safetensors").exists()
+
+
+def test_requiring_a_gpu_on_a_cpu_cluster_fails_at_once(ray_local):
+    started = time.monotonic()
+    with pytest.raises(ClusterError, match="--gpus 1: the Ray cluster has no GPU"):
+        gpu_request("1")
+    assert time.monotonic() - started < 5
+    assert gpu_request("0") == 0
+
+
+@pytest.mark.parametrize("shards", [1, 5])
+def test_sharded_evaluation_equals_one_pass(ray_local, random_weights, mnist_test, shards):
+    images, labels = mnist_test
+    expected = merge([evaluate_shard(random_weights, images, labels, sample=42)])
+    got = evaluate_on_ray(random_weights, images, labels, shards, 42)
+    assert got.pop("node_ids") == [ray_local.get_runtime_context().get_node_id()]
+    assert got == expected
+
+
+def test_connect_refuses_an_address_nobody_listens_on():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: connections are refused
+        started = time.monotonic()
+        with pytest.raises(ClusterError, match=f"nothing answers at 127.0.0.1:{port}"):
+            with connect(f"127.0.0.1:{port}"):
+                pass
+    assert time.monotonic() - started < 10
+
+
+def test_two_node_cluster_puts_training_on_the_gpu_node(mnist_train, mnist_test, tmp_path):
+    """A CPU-only head and a second node declaring one GPU (ray.cluster_utils.Cluster)."""
+    import ray
+    from ray.cluster_utils import Cluster
+    from ray.util.state import list_tasks
+
+    if ray.is_initialized():
+        ray.shutdown()  # the session's local Ray; the next test that needs it starts it again
+    loopback = {"node_ip_address": "127.0.0.1"}
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, **loopback})
+    stack = contextlib.ExitStack()
+    try:
+        gpu_node = cluster.add_node(num_cpus=1, num_gpus=1, **loopback)
+        stack.enter_context(connect(cluster.address))  # as `--address 127.0.0.1:PORT` does
+        cluster.wait_for_nodes()
+        assert gpu_request("auto") == 1
+        outcome = train_on_ray(
+            TrainConfig(epochs=1), *mnist_train, Store(tmp_path), "run-gpu", "auto", log=print
+        )
+        assert outcome["node_id"] == gpu_node.node_id
+        assert outcome["gpu_ids"] == [0]
+        images, labels = mnist_test
+        weights = outcome["weights"]
+        result = evaluate_on_ray(weights, images, labels, 4, 3757)
+        assert result["total"] == 10000 and result["sample"]["index"] == 3757
+        deadline = time.monotonic() + 60  # task events reach the state API asynchronously
+        while True:
+            tasks = list_tasks(filters=[("state", "=", "FINISHED")], detail=True, timeout=30)
+            train = [t for t in tasks if t.name == "train run-gpu"]
+            shards = [t for t in tasks if t.name.startswith("shard ")]
+            if (len(train), len(shards)) == (1, 4) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert len(train) == 1 and train[0].required_resources == {"CPU": 1.0, "GPU": 1.0}
+        assert train[0].node_id == gpu_node.node_id
+        assert len(shards) == 4
+        assert all(t.required_resources == {"CPU": 1.0} for t in shards)
+    finally:
+        stack.close()
+        cluster.shutdown()

@@ -1,0 +1,461 @@
+"""Faults injected for real on a real local Ray: killed workers, a lost node, Ctrl-C.
+
+    PYTHONPATH=. MNIST_RAY_DATA=../shared/datasets python -m pytest tests/test_faults.py -q
+
+One module-scoped `ray.cluster_utils.Cluster` (its own ports, 127.0.0.1 only) serves every
+test here: the in-process driver and the `mnist-ray` subprocesses (`--address`) both use it,
+so a driver can die without taking the cluster with it. Workers are killed with SIGKILL,
+found through the state API (`ray.util.state.list_tasks`); where a task is too short to catch
+from outside (a shard takes milliseconds) it kills itself through cluster.py's
+$MNIST_RAY_FAULTS tokens, which is still a real process death that Ray has to retry.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+from ray.cluster_utils import Cluster  # noqa: E402
+from ray.util.state import list_tasks  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from mnist_ray import cli, cluster, data  # noqa: E402
+from mnist_ray.cluster import FAULTS  # noqa: E402
+from mnist_ray.config import TrainConfig  # noqa: E402
+from mnist_ray.store import Store, new_id, now  # noqa: E402
+
+DATA = data.data_root()
+pytestmark = pytest.mark.skipif(
+    not (DATA / "MNIST" / "raw" / "t10k-images-idx3-ubyte").exists(),
+    reason=f"MNIST files not in {DATA}; set MNIST_RAY_DATA",
+)
+# Ray rewrites a 127.0.0.1 address to the machine's outward IP unless told the cluster is
+# local only; everything here stays on the loopback interface.
+LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+ADDRESS_FILE = Path("/tmp/ray/ray_current_cluster")  # what `ray.init()` would join
+_SCRIPT = Path(sys.executable).with_name("mnist-ray")
+MNIST_RAY = (
+    [str(_SCRIPT)]
+    if _SCRIPT.exists()
+    else [sys.executable, "-c", "from mnist_ray.cli import app; app()"]
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(predicate, what: str, timeout: float = 60.0, every: float = 0.1):
+    """Poll until predicate() is truthy; bounded in time, so a failure never hangs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class Local:
+    """The module's cluster: its address, its token folder for $MNIST_RAY_FAULTS."""
+
+    def __init__(self, cluster: Cluster, faults: Path):
+        self.cluster, self.address, self.faults = cluster, cluster.address, faults
+
+    def tasks(self, **filters) -> list:
+        return list_tasks(
+            address=self.address,
+            filters=[(k, "=", v) for k, v in filters.items()],
+            limit=10_000,
+            raise_on_missing_output=False,
+        )
+
+    def cli(self, *args: str, **kw) -> subprocess.Popen:
+        """`mnist-ray ARGS --address <this cluster>` as a separate driver process."""
+        env = os.environ | LOOPBACK_ONLY
+        return subprocess.Popen(
+            [*MNIST_RAY, *args, "--address", self.address],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            **kw,
+        )
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    import ray._private.ray_constants as ray_constants
+
+    faults = tmp_path_factory.mktemp("faults")
+    shared = ray.is_initialized()
+    if shared:  # a session-wide Ray from conftest: give way, and bring it back after
+        ray.shutdown()
+    saved_env = {k: os.environ.get(k) for k in [*LOOPBACK_ONLY, FAULTS]}
+    os.environ.update(LOOPBACK_ONLY | {FAULTS: str(faults)})  # the nodes' workers inherit it
+    saved_flag = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read at import time; same meaning as the env
+    saved_address = _read_address_file()
+    head = Cluster(
+        initialize_head=True,
+        head_node_args=dict(
+            num_cpus=2,
+            node_ip_address="127.0.0.1",
+            gcs_server_port=_free_port(),
+            include_dashboard=True,  # the state API answers through it
+            dashboard_host="127.0.0.1",
+            dashboard_port=_free_port(),
+        ),
+    )
+    ours = head.address
+    _restore_address_file(saved_address, ours)  # others' `ray.init()` must not join this one
+    try:
+        ray.init(address=ours, log_to_driver=False, logging_level="ERROR")
+        yield Local(head, faults)
+    finally:
+        ray.shutdown()
+        current = _read_address_file()
+        head.shutdown()  # deletes the address file, whoever wrote it last
+        if current is not None and current != ours:
+            _restore_address_file(current, None)
+        else:
+            _restore_address_file(saved_address, None)
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if shared:  # a new local instance, never one found through the address file
+            ray.init(address="local", num_cpus=2)
+
+
+def _read_address_file() -> str | None:
+    try:
+        return ADDRESS_FILE.read_text().strip()
+    except OSError:
+        return None
+
+
+def _restore_address_file(saved: str | None, ours: str | None) -> None:
+    """Put back what `ray.init()` would join, unless someone else has written it since we
+    did (ours: the address we may have written; None: restore whatever is there)."""
+    current = _read_address_file()
+    if ours is not None and current != ours:
+        return
+    try:
+        if saved is None:
+            ADDRESS_FILE.unlink(missing_ok=True)
+        else:
+            ADDRESS_FILE.write_text(saved)
+    except OSError:
+        pass
+
+
+@pytest.fixture(scope="module")
+def train_split():
+    return data.load("mnist", "train")
+
+
+@pytest.fixture(scope="module")
+def test_split():
+    return data.load("mnist", "test")
+
+
+def _stored_run(store: Store, seed: int = 0) -> dict:
+    """A run row with fixed random weights: evaluation needs weights, not a trained model."""
+    rng = np.random.default_rng(seed)
+    weights = {
+        "weight": (rng.standard_normal((10, 784)) * 0.05).astype(np.float32),
+        "bias": (rng.standard_normal(10) * 0.05).astype(np.float32),
+    }
+    run_id = new_id("run")
+    uri, sha = store.write_weights(run_id, weights)
+    row = {
+        "run_id": run_id,
+        "created_at": now(),
+        **TrainConfig(epochs=1).to_dict(),
+        "device": "cpu",
+        "node_id": "n",
+        "hostname": "h",
+        "gpu_ids": [],
+        "cuda_graph": False,
+        "epoch_costs": [1.0],
+        "train_seconds": 1.0,
+        "attempts": 1,
+        "weights_uri": uri,
+        "weights_sha256": sha,
+        "torch_version": "x",
+        "ray_version": ray.__version__,
+    }
+    store.write_row("runs", row)
+    return row
+
+
+def _parquet_files(store: Path, table: str) -> list[Path]:
+    return sorted((store / table).glob("*.parquet"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+# ---- a training worker killed mid-run ---------------------------------------------------------
+
+
+def test_killed_training_worker_resumes_bit_identically(local, train_split, tmp_path):
+    images, labels = train_split
+    cfg = TrainConfig(epochs=5)
+    killed_store, ref_store = Store(tmp_path / "killed"), Store(tmp_path / "ref")
+    killed_store.check_writable()
+    got = {}
+
+    def killed():
+        got["row"] = cli.train_and_store(cfg, images, labels, killed_store, None, "auto")
+
+    def reference():  # the same task, uninterrupted, alongside on the other CPU
+        got["ref"] = cluster.train_on_ray(cfg, images, labels, ref_store, "run-reference")
+
+    threads = [threading.Thread(target=killed), threading.Thread(target=reference)]
+    for t in threads:
+        t.start()
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    run_dir = _wait(lambda: next(checkpoints.glob("run-*"), None), "the first checkpoint")
+    task = _wait(
+        lambda: local.tasks(name=f"train {run_dir.name}", state="RUNNING"),
+        "the training task in the state API",
+    )[0]
+    _wait(lambda: (run_dir / "epoch-0002.safetensors").exists(), "epoch 2", every=0.02)
+    os.kill(task.worker_pid, signal.SIGKILL)
+    for t in threads:
+        t.join(timeout=240)
+    assert not any(t.is_alive() for t in threads), "training did not finish after the kill"
+
+    row, ref = got["row"], got["ref"]
+    assert row["attempts"] == 2  # resumed from a checkpoint, not restarted from scratch
+    attempts = _wait(  # the state API catches up within a second or two
+        lambda: (
+            sorted((t.attempt_number, t.state) for t in local.tasks(name=f"train {row['run_id']}"))
+            == [(0, "FAILED"), (1, "FINISHED")]
+        ),
+        "attempt 0 FAILED and attempt 1 FINISHED in the state API",
+        timeout=30,
+    )
+    assert attempts
+    assert row["epoch_costs"] == ref["epoch_costs"]  # exact floats, every epoch
+    weights = killed_store.read_weights(row)
+    for name in ("weight", "bias"):
+        assert weights[name].tobytes() == ref["weights"][name].tobytes()
+    assert [p.stem for p in _parquet_files(tmp_path / "killed", "runs")] == [row["run_id"]]
+    assert not run_dir.exists()  # the finished run's checkpoints are cleared
+
+
+# ---- a shard task killed ----------------------------------------------------------------------
+
+
+def test_killed_shard_is_retried_with_identical_counts(local, test_split, tmp_path):
+    images, labels = test_split
+    store = Store(tmp_path / "store")
+    run = _stored_run(store)
+    reference = cluster.evaluate_on_ray(store.read_weights(run), images, labels, 4, 0)
+
+    token = local.faults / "shard-1"
+    token.touch()  # the first shard task to start takes it and SIGKILLs its own worker
+    result = CliRunner().invoke(
+        cli.app,
+        ["evaluate", "--run", run["run_id"], "--shards", "4", "--store", store.location, "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    assert not token.exists()  # the fault really fired
+    rows, bad = store.read("evaluations")
+    assert len(rows) == 1 and not bad
+    assert rows[0]["accuracy"] == reference["accuracy"]
+    assert rows[0]["confusion"] == reference["confusion"]
+    assert rows[0]["correct"] == reference["correct"] and rows[0]["total"] == 10_000
+
+
+# ---- retries exhausted ------------------------------------------------------------------------
+
+
+def test_training_retries_exhausted_is_one_clear_line(local, tmp_path):
+    store = tmp_path / "store"
+    proc = local.cli("submit", "train", "--epochs", "500", "--store", str(store))
+    killed: set[int] = set()
+    try:
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and time.monotonic() < deadline:
+            for t in local.tasks(state="RUNNING"):
+                if t.name.startswith("train run-") and t.worker_pid not in killed:
+                    os.kill(t.worker_pid, signal.SIGKILL)  # every attempt, from outside
+                    killed.add(t.worker_pid)
+            time.sleep(0.2)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert len(killed) == 1 + cluster.RETRIES
+    assert proc.returncode == 1, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, stderr
+    assert "training failed after 3 retries" in errors[0]
+    assert "worker died" in errors[0].lower()
+    assert "Traceback" not in stderr
+    assert _parquet_files(store, "runs") == []
+
+
+def test_evaluation_retries_exhausted_is_one_clear_line(local, tmp_path):
+    store = Store(tmp_path / "store")
+    run = _stored_run(store)
+    for i in range(1 + cluster.RETRIES):  # a death in every attempt of the one shard
+        (local.faults / f"shard-{i}").touch()
+    proc = local.cli("evaluate", "--run", run["run_id"], "--shards", "1", "--store", store.location)
+    _, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 1, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, stderr
+    assert "evaluation failed after 3 retries" in errors[0]
+    assert "worker died" in errors[0].lower()
+    assert "Traceback" not in stderr
+    assert list(local.faults.glob("shard-*")) == []
+    assert _parquet_files(tmp_path / "store", "evaluations") == []
+
+
+# ---- a node lost ------------------------------------------------------------------------------
+
+
+def test_node_lost_during_evaluation(local, test_split, tmp_path):
+    images, labels = test_split
+    store = Store(tmp_path / "store")
+    weights = store.read_weights(_stored_run(store))
+    reference = cluster.evaluate_on_ray(weights, images, labels, 1, 0)
+    extra = local.cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+    extra_id = extra.node_id
+    got = {}
+
+    def evaluate():  # many short shards, so the evaluation outlasts the node
+        got["merged"] = cluster.evaluate_on_ray(weights, images, labels, 2000, 0)
+
+    thread = threading.Thread(target=evaluate)
+    try:
+        thread.start()
+        _wait(
+            lambda: [
+                t
+                for t in local.tasks(node_id=extra_id, state="RUNNING")
+                if t.name.startswith("shard ")
+            ],
+            "a shard running on the extra node",
+            every=0.05,
+        )
+    finally:
+        local.cluster.remove_node(extra, allow_graceful=False)
+    assert thread.is_alive(), "the evaluation ended before the node was lost"
+    thread.join(timeout=240)
+    assert not thread.is_alive()
+    merged = got["merged"]
+    assert merged["confusion"] == reference["confusion"]
+    assert merged["accuracy"] == reference["accuracy"]
+    assert local.cluster.head_node.node_id in merged["node_ids"]
+    retried = _wait(  # the shards lost with the node ran again, on the head
+        lambda: [
+            t
+            for t in local.tasks(state="FINISHED")
+            if t.name.startswith("shard ") and t.attempt_number > 0
+        ],
+        "a retried shard in the state API",
+        timeout=30,
+        every=1.0,
+    )
+    assert {t.node_id for t in retried} == {local.cluster.head_node.node_id}
+
+
+# ---- Ctrl-C -----------------------------------------------------------------------------------
+
+
+def test_ctrl_c_cancels_the_training_task(local, tmp_path):
+    store = tmp_path / "store"
+    proc = local.cli("submit", "train", "--epochs", "500", "--store", str(store))
+    try:
+        run_dir = _wait(
+            lambda: next((store / "checkpoints").glob("run-*/epoch-0001*"), None), "epoch 1"
+        )
+        run_id = run_dir.parent.name
+        task = _wait(
+            lambda: local.tasks(name=f"train {run_id}", state="RUNNING"), "the running task"
+        )[0]
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "cancelled" in stderr
+    assert "Traceback" not in stderr
+    _wait(lambda: not local.tasks(name=f"train {run_id}", state="RUNNING"), "no running task", 30)
+    _wait(lambda: not _alive(task.worker_pid), "the training worker to exit", 30)
+    assert _parquet_files(store, "runs") == []
+    assert list((store / "weights").glob("*")) == []
+
+
+# ---- impossible requests fail fast ------------------------------------------------------------
+
+
+def test_gpus_1_on_a_cpu_only_cluster_fails_fast(local, tmp_path):
+    started = time.monotonic()
+    proc = local.cli("submit", "train", "--epochs", "1", "--gpus", "1", "--store", str(tmp_path))
+    _, stderr = proc.communicate(timeout=60)
+    assert time.monotonic() - started < 15
+    assert proc.returncode == 1
+    assert "--gpus 1: the Ray cluster has no GPU" in stderr
+    assert "Traceback" not in stderr
+    assert _parquet_files(tmp_path, "runs") == []
+
+
+def test_unreachable_address_fails_fast(tmp_path):
+    started = time.monotonic()
+    proc = subprocess.run(
+        [*MNIST_RAY, "submit", "train", "--epochs", "1"]
+        + ["--store", str(tmp_path), "--address", f"127.0.0.1:{_free_port()}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert time.monotonic() - started < 15
+    assert proc.returncode == 1
+    assert "nothing answers at 127.0.0.1" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# ---- concurrent writers -----------------------------------------------------------------------
+
+
+def test_eight_concurrent_evaluations_write_eight_rows(local, tmp_path):
+    store = Store(tmp_path / "store")
+    run = _stored_run(store)
+    procs = [
+        local.cli("evaluate", "--run", run["run_id"], "--shards", "2", "--store", store.location)
+        for _ in range(8)
+    ]
+    outs = [p.communicate(timeout=240) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, [e for _, e in outs]
+    rows, bad = store.read("evaluations")
+    assert not bad
+    assert len(rows) == 8 and len({r["eval_id"] for r in rows}) == 8
+    assert len(_parquet_files(tmp_path / "store", "evaluations")) == 8
+    assert len({r["accuracy"] for r in rows}) == 1

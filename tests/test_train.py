@@ -1,0 +1,99 @@
+"""Training on the real MNIST files: the tutorial's numbers, step for step."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from conftest import TUTORIAL_COSTS
+
+from mnist_ray.config import TrainConfig
+from mnist_ray.train import epoch_permutation, train
+
+CPU = torch.device("cpu")
+
+
+def _quiet(_line: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="session")
+def default_run(mnist_train):
+    return train(TrainConfig(), *mnist_train, CPU, log=_quiet)
+
+
+def test_default_run_reproduces_the_tutorials_printed_costs(default_run):
+    printed = [f"{c:.9f}" for c in default_run.epoch_costs]
+    assert len(printed) == 15
+    assert printed[0] == "0.535150588" and printed[-1] == "0.274422765"
+    # The steps are the tutorial's exactly (next test); the per-epoch average is a float32
+    # sum of 600 terms, whose last bit follows the host's BLAS path: within 1.5 float32 ulps.
+    assert np.allclose(default_run.epoch_costs, TUTORIAL_COSTS, rtol=0, atol=4.5e-8)
+    exact = sum(p == f"{t:.9f}" for p, t in zip(printed, TUTORIAL_COSTS, strict=True))
+    assert exact >= 11, printed
+
+
+def test_steps_are_the_classic_dataloader_loops_bit_for_bit(data_dir, mnist_train):
+    """The classic program itself, for one epoch, beside ours in the same process."""
+    tv = pytest.importorskip("torchvision")
+    from torch.utils.data import DataLoader
+
+    random.seed(777)
+    torch.manual_seed(777)
+    dataset = tv.datasets.MNIST(str(data_dir), train=True, transform=tv.transforms.ToTensor())
+    loader = DataLoader(dataset, batch_size=100, shuffle=True, drop_last=True)
+    linear = torch.nn.Linear(784, 10, bias=True)
+    criterion = torch.nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(linear.parameters(), lr=0.1)
+    avg_cost = 0
+    for X, Y in loader:
+        X = X.view(-1, 28 * 28)
+        optimizer.zero_grad()
+        cost = criterion(linear(X), Y)
+        cost.backward()
+        optimizer.step()
+        avg_cost += cost / len(loader)
+
+    ours = train(TrainConfig(epochs=1), *mnist_train, CPU, log=_quiet)
+    assert torch.equal(torch.from_numpy(ours.weights["weight"]), linear.weight.detach())
+    assert torch.equal(torch.from_numpy(ours.weights["bias"]), linear.bias.detach())
+    assert f"{ours.epoch_costs[0]:.9f}" == f"{avg_cost.item():.9f}" == "0.535150588"
+
+
+def test_permutations_are_the_dataloaders():
+    from torch.utils.data import DataLoader
+
+    torch.manual_seed(5)
+    loader = DataLoader(list(range(1000)), batch_size=100, shuffle=True, drop_last=True)
+    theirs = [torch.cat(list(loader)) for _ in range(2)]
+    torch.manual_seed(5)
+    ours = [epoch_permutation(1000) for _ in range(2)]
+    for a, b in zip(theirs, ours, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_resume_from_a_checkpoint_is_bit_identical(mnist_train):
+    cfg = TrainConfig(epochs=3)
+    saved = []
+    whole = train(cfg, *mnist_train, CPU, on_epoch=saved.append, log=_quiet)
+    resumed = train(cfg, *mnist_train, CPU, resume=saved[0], log=_quiet)
+    assert resumed.epoch_costs == whole.epoch_costs
+    for name in ("weight", "bias"):
+        assert np.array_equal(resumed.weights[name], whole.weights[name])
+    assert [c.epoch for c in saved] == [1, 2, 3]
+
+
+def test_other_hyperparameters_change_the_run(mnist_train):
+    base = train(TrainConfig(epochs=1), *mnist_train, CPU, log=_quiet)
+    other = train(
+        TrainConfig(epochs=1, seed=1, batch_size=50, lr=0.05), *mnist_train, CPU, log=_quiet
+    )
+    assert other.epoch_costs[0] != base.epoch_costs[0]
+
+
+def test_batch_larger_than_the_data_is_refused():
+    x = np.zeros((10, 28, 28), np.uint8)
+    with pytest.raises(ValueError, match="--batch-size 100 is larger"):
+        train(TrainConfig(epochs=1), x, np.zeros(10, np.int64), CPU, log=_quiet)
