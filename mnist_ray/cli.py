@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import sys
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -21,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mnist_ray import __version__
+from mnist_ray import __version__, jobs
 from mnist_ray.config import MAX_SHARDS, ConfigError, EvalConfig, TrainConfig, check_id
 from mnist_ray.data import DataError
 from mnist_ray.store import DEFAULT_STORE, Store, StoreError, new_id, now
@@ -34,6 +33,7 @@ app = typer.Typer(
 )
 submit_app = typer.Typer(no_args_is_help=True, help="Submit a job: `mnist-ray submit train`.")
 app.add_typer(submit_app, name="submit")
+app.add_typer(jobs.app, name="jobs")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -127,6 +127,7 @@ def _json(row: dict) -> str:
 @submit_app.command("train")
 @friendly
 def submit_train(
+    ctx: typer.Context,
     epochs: Annotated[
         int, typer.Option(min=1, max=10_000, help="Passes over the training set.")
     ] = 15,
@@ -152,10 +153,8 @@ def submit_train(
     Example: mnist-ray submit train --epochs 15 --store ./mnist-ray-store
     """
     cfg = TrainConfig(dataset.value, epochs, batch_size, lr, seed).validate()
-    if address and address.startswith(("http://", "https://")):
-        from mnist_ray import jobs
-
-        argv = [a for a in sys.argv[1:] if a] if sys.argv else []
+    if jobs.is_remote(address):
+        argv = jobs.command_argv(ctx)
         raise typer.Exit(jobs.submit_cli(address, store, argv, wait=wait, log=err.print))
     target = Store(store)
     from mnist_ray import data
@@ -214,6 +213,7 @@ def train_and_store(cfg, images, labels, store: Store, address, gpus: str) -> di
 @app.command()
 @friendly
 def evaluate(
+    ctx: typer.Context,
     run: Annotated[
         str | None,
         typer.Option(callback=_id, help="Run id or its unique prefix (default: latest)."),
@@ -234,10 +234,8 @@ def evaluate(
     Example: mnist-ray evaluate --shards 4
     """
     EvalConfig(shards).validate()
-    if address and address.startswith(("http://", "https://")):
-        from mnist_ray import jobs
-
-        argv = [a for a in sys.argv[1:] if a] if sys.argv else []
+    if jobs.is_remote(address):
+        argv = jobs.command_argv(ctx)
         raise typer.Exit(jobs.submit_cli(address, store, argv, wait=wait, log=err.print))
     target = Store(store)
     found = target.find_run(run)

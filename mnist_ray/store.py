@@ -122,7 +122,9 @@ class Store:
     def uri(self, *parts: str) -> str:
         """Where a file is, in the form the user gave the store."""
         if "://" in self.location:
-            return "/".join([self.location.rstrip("/"), *parts])
+            # options stay at the end: s3://b/p?endpoint_override=h:9000 -> s3://b/p/x?endpoint...
+            base, sep, query = self.location.partition("?")
+            return "/".join([base.rstrip("/"), *parts]) + sep + query
         return self.path(*parts)
 
     # -- writing -------------------------------------------------------------------------------

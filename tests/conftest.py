@@ -3,12 +3,33 @@
 Tests read MNIST from $MNIST_RAY_DATA, else from ../shared/datasets beside the repo
 (the build machines have no internet); a laptop with internet can point
 MNIST_RAY_DATA at any folder and torchvision downloads the files there.
+
+The cluster side adds a multi-node Ray cluster started with `ray start` (ray_cli_cluster)
+and moto's S3 server (s3_server). The cluster binds 127.0.0.1 only, on ports chosen free at
+start, with its own temp dir and HOME, so it never meets another Ray on the machine;
+teardown ends exactly the processes it started (their process groups, then anything still
+naming its temp dir).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import os
+import random
+import secrets
+import shutil
+import signal
+import socket
 import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -95,3 +116,310 @@ def make_dataset(root: Path, n_train: int = 200, n_test: int = 50, folder: str =
         write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n))
     return root
+
+
+# ---- the cluster side -------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = str(Path(sys.executable).parent)  # where `ray` and `mnist-ray` live
+
+
+def datasets_dir() -> Path | None:
+    """../shared/datasets beside the repository (CI), else $MNIST_RAY_DATA."""
+    for candidate in (REPO.parent / "shared" / "datasets", os.environ.get("MNIST_RAY_DATA")):
+        if candidate and (Path(candidate) / "MNIST" / "raw").is_dir():
+            return Path(candidate).resolve()
+    return None
+
+
+@pytest.fixture(scope="session")
+def mnist_data() -> Path:
+    found = datasets_dir()
+    if found is None:
+        pytest.skip("MNIST files not found in ../shared/datasets or $MNIST_RAY_DATA")
+    return found
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct ports free right now on 127.0.0.1."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def free_range(size: int, tries: int = 50) -> tuple[int, int]:
+    """A block of `size` consecutive free ports for Ray's workers."""
+    for _ in range(tries):
+        start = random.randrange(20000, 30000 - size)
+        try:
+            for port in range(start, start + size):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+            return start, start + size - 1
+        except OSError:
+            continue
+    raise RuntimeError(f"no {size} consecutive free ports found")
+
+
+def node_ports(head: bool) -> tuple[list[str], dict[str, int]]:
+    """`ray start` port flags for one node, each port its own."""
+    names = [
+        "node-manager-port",
+        "object-manager-port",
+        "runtime-env-agent-port",
+        "dashboard-agent-grpc-port",
+        "dashboard-agent-listen-port",
+        "metrics-export-port",
+    ]
+    if head:
+        names += ["port", "dashboard-port", "ray-client-server-port"]
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
+    low, high = free_range(40)
+    flags = [f"--{name}={port}" for name, port in ports.items()]
+    return flags + [f"--min-worker-port={low}", f"--max-worker-port={high}"], ports
+
+
+class ProcessExited(RuntimeError):
+    pass
+
+
+def wait_until(what: str, check, timeout: float, every: float = 1.0, proc=None):
+    """check() until it returns something true; bounded in time (and so in count).
+    With proc, gives up as soon as that process has exited."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ProcessExited(f"{what}: the process exited with {proc.returncode}")
+        try:
+            got = check()
+            if got:
+                return got
+        except Exception as exc:  # not up yet
+            last = exc
+        time.sleep(every)
+    raise TimeoutError(f"{what}: not ready after {timeout:.0f} s (last error: {last})")
+
+
+def http_json(url: str, token: str | None = None, timeout: float = 5.0):
+    req = urllib.request.Request(url)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read() or b"null")
+
+
+# ---- running the CLI the way a user does --------------------------------------------------------
+
+
+def client_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The submitting user's environment: no Ray token unless given, no ~/.ray."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+    home = tmp_path / "client-home"
+    home.mkdir(exist_ok=True)
+    env.update(HOME=str(home), PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0", **extra)
+    return env
+
+
+def mnist_ray(args: list[str], env: dict[str, str], timeout: float = 300):
+    return subprocess.run(
+        [f"{VENV_BIN}/mnist-ray", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def one_line_error(result, *needles: str) -> None:
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@dataclass
+class RayCluster:
+    """A head and workers started with the `ray` command line; see ray_cli_cluster."""
+
+    temp_dir: Path
+    env: dict[str, str]
+    token: str
+    procs: list[subprocess.Popen] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+    gcs: str = ""
+    dashboard: str = ""
+
+    def start(self, args: list[str], head: bool, log: Path, attempts: int = 2) -> dict:
+        """Start one node and wait until it serves. A loaded machine can make `ray start`
+        give up (it allows a raylet 30 s to register): then start it again, once."""
+        for attempt in range(1, attempts + 1):
+            proc, ports = self._launch(args, head, log)
+            try:
+                self._wait_ready(proc, ports, head)
+                return ports
+            except (ProcessExited, TimeoutError):
+                _signal_group(proc.pid, signal.SIGKILL)
+                if attempt == attempts:
+                    raise
+
+    def _launch(self, args: list[str], head: bool, log: Path):
+        flags, ports = node_ports(head)
+        cmd = [f"{VENV_BIN}/ray", "start", "--block", "--node-ip-address=127.0.0.1", *flags]
+        if head:
+            cmd += [
+                "--head",
+                f"--temp-dir={self.temp_dir}",
+                "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1",
+            ]
+            self.gcs = f"127.0.0.1:{ports['port']}"
+            self.dashboard = f"http://127.0.0.1:{ports['dashboard-port']}"
+        else:
+            cmd += [f"--address={self.gcs}"]
+        out = open(log, "ab")  # noqa: SIM115 - handed to the process, closed with it
+        if log not in self.logs:
+            self.logs.append(log)
+        proc = subprocess.Popen(
+            cmd + args, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.procs.append(proc)
+        return proc, ports
+
+    def _wait_ready(self, proc: subprocess.Popen, ports: dict, head: bool) -> None:
+        if head:
+            wait_until(
+                "Ray head's Jobs API",
+                lambda: http_json(f"{self.dashboard}/api/version", self.token),
+                timeout=120,
+                proc=proc,
+            )
+        agent = f"http://127.0.0.1:{ports['dashboard-agent-listen-port']}"
+        wait_until(
+            "Ray node's raylet",
+            lambda: urllib.request.urlopen(f"{agent}/api/local_raylet_healthz", timeout=5),
+            timeout=120,
+            proc=proc,
+        )
+
+    def nodes(self) -> list[dict]:
+        """Alive nodes from the state API, each with node_id and resources_total."""
+        got = http_json(f"{self.dashboard}/api/v0/nodes?detail=1&limit=100", self.token)
+        rows = got["data"]["result"]["result"]
+        return [n for n in rows if n["state"] == "ALIVE"]
+
+    def stop(self) -> None:
+        """End what this cluster started: SIGTERM its process groups, then SIGKILL stragglers."""
+        for p in self.procs:
+            _signal_group(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for p in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        for p in self.procs:
+            _signal_group(p.pid, signal.SIGKILL)
+        for pid in _pids_naming(str(self.temp_dir)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(
+            f"--- {log}\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+            for log in self.logs
+            if log.exists()
+        )
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    # each `ray start` leads its own session (start_new_session), so this is only ours
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def _pids_naming(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1; yields (endpoint URL, the environment that reaches it)."""
+    moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
+    (port,) = free_ports(1)
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": url,
+    }
+    try:
+        yield url, env
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cli_cluster(mnist_data, tmp_path_factory, request):
+    """A token-protected two-node cluster: a CPU head and a worker declaring one GPU.
+
+    Yields (cluster, gpu_node_id). The job driver runs on the head with this repository
+    on PYTHONPATH, so the cluster runs the code under test; every node reaches the
+    s3_server fixture's S3 through the standard AWS_* variables.
+    """
+    if shutil.which("ray", path=VENV_BIN) is None:
+        pytest.skip(f"no `ray` command beside {sys.executable}")
+    # A short path: Ray's socket names must stay under the 107-byte limit.
+    try:
+        s3_env = request.getfixturevalue("s3_server")[1]
+    except pytest.skip.Exception:  # no moto: the cluster runs, the S3 tests skip
+        s3_env = {}
+    temp_dir = Path(tempfile.mkdtemp(prefix="mr-", dir="/tmp"))
+    home = tmp_path_factory.mktemp("home")  # no ~/.ray/auth_token of the machine's user
+    token = secrets.token_hex(16)
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "PYTHONPATH": str(REPO),
+        "MNIST_RAY_DATA": str(mnist_data),
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": token,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        **s3_env,
+    }
+    env.pop("RAY_ADDRESS", None)
+    cluster = RayCluster(temp_dir=temp_dir, env=env, token=token)
+    logs = tmp_path_factory.mktemp("ray-logs")
+    try:
+        common = ["--object-store-memory=300000000"]
+        cluster.start([*common, "--num-cpus=1", "--num-gpus=0"], head=True, log=logs / "head.log")
+        cluster.start([*common, "--num-cpus=1", "--num-gpus=1"], head=False, log=logs / "gpu.log")
+        nodes = wait_until(
+            "two alive nodes", lambda: len(cluster.nodes()) == 2 and cluster.nodes(), 60
+        )
+        (gpu_node,) = [n for n in nodes if n["resources_total"].get("GPU", 0) >= 1]
+        yield cluster, gpu_node["node_id"]
+    except BaseException:
+        print(cluster.tail(), file=sys.stderr)
+        raise
+    finally:
+        cluster.stop()

@@ -1,0 +1,329 @@
+"""Remote submission through Ray's Jobs API: the same mnist-ray command, run on the cluster.
+
+    mnist-ray submit train --address http://127.0.0.1:8265 --store s3://bucket/mnist
+    mnist-ray evaluate --shards 4 --address http://127.0.0.1:8265 --store /shared/store --no-wait
+    mnist-ray jobs status raysubmit_XYZ --address http://127.0.0.1:8265
+    mnist-ray jobs logs raysubmit_XYZ --follow
+    mnist-ray jobs stop raysubmit_XYZ
+
+The job's entrypoint is the command the user typed, less --address/--wait/--no-wait, with
+the store spelled out; Ray runs it as the job's driver on the head, where it connects to
+its own cluster. The store must therefore be shared storage: a URI or a path every node
+sees. A token-protected cluster (RAY_AUTH_MODE=token on its nodes) wants the token the
+way Ray's own clients take it: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token
+with RAY_AUTH_MODE=token; RAY_AUTH_TOKEN alone is enough here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import shlex
+import sys
+import time
+from collections.abc import Callable
+from typing import Annotated
+from urllib.parse import urlsplit
+
+import typer
+
+STRIPPED = {"--address": True, "--wait": False, "--no-wait": False, "--store": True}
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+SETTLE_SECONDS = 30  # after the log stream ends, how long to wait for a terminal status
+
+
+def _error(message: str) -> Exception:
+    """A ClusterError (one line, exit 1), imported late: mnist_ray.cluster imports Ray."""
+    from mnist_ray.cluster import ClusterError as error
+
+    return error(message)
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def is_remote(address: str | None) -> bool:
+    return bool(address) and address.startswith(("http://", "https://"))
+
+
+# ---- the entrypoint ---------------------------------------------------------------------------
+
+
+def command_argv(ctx) -> list[str]:
+    """The running command as words, rebuilt from what the parser saw (a typer.Context),
+    not from sys.argv, which a test runner or `python -m` makes unreliable: only options
+    given on the command line or through their environment variable; the job keeps the
+    cluster's defaults for the rest."""
+    words = ctx.command_path.split()[1:]  # drop the program name: "submit train"
+    for p in ctx.command.params:
+        if p.name in ("address", "wait", "store") or p.param_type_name != "option":
+            continue
+        if ctx.get_parameter_source(p.name).name not in ("COMMANDLINE", "ENVIRONMENT"):
+            continue
+        value = ctx.params[p.name]
+        if p.is_flag and not p.secondary_opts:
+            words += [p.opts[0]] if value else []
+        elif p.is_flag:
+            words.append(p.opts[0] if value else p.secondary_opts[0])
+        elif value is not None:
+            words += [p.opts[0], str(getattr(value, "value", value))]
+    return words
+
+
+def entrypoint(argv: list[str], store: str) -> str:
+    """`mnist-ray <argv>` for the cluster: no --address/--wait/--no-wait, the store explicit
+    (it may have come from $MNIST_RAY_STORE, which the job would not see)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in STRIPPED:
+            skip = STRIPPED[name] and "=" not in arg
+            continue
+        kept.append(arg)
+    return shlex.join(["mnist-ray", *kept, "--store", store])
+
+
+def check_shared_store(store: str) -> None:
+    """A relative folder would be resolved on the head, in the job's scratch directory;
+    credentials in a URI would be shown to anyone who can list the cluster's jobs."""
+    if "://" in store:
+        if urlsplit(store).password is not None:
+            raise _error(
+                "--store: the URI holds a secret, which the job's entrypoint would show to "
+                "anyone who can list jobs; give the cluster its credentials through its "
+                "environment (AWS_ACCESS_KEY_ID, ... or an instance role) instead"
+            )
+        return
+    if os.path.isabs(os.path.expanduser(store)):
+        return
+    raise _error(
+        f"--store {store}: with a remote --address the store must be shared storage, "
+        "a URI (s3://bucket/prefix) or an absolute path every Ray node sees, "
+        "not a folder relative to this machine"
+    )
+
+
+# ---- the client -------------------------------------------------------------------------------
+
+
+def _headers() -> dict[str, str] | None:
+    """RAY_AUTH_TOKEN alone is enough: Ray's client only sends it when RAY_AUTH_MODE=token."""
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    mode = os.environ.get("RAY_AUTH_MODE", "").lower()
+    if token and mode in ("", "token"):
+        return {"Authorization": f"Bearer {token}"}
+    return None
+
+
+def _auth_error(address: str, exc: BaseException) -> Exception:
+    if "Authentication required" in str(exc) or "401" in str(exc):
+        return _error(
+            f"--address {address}: the cluster wants a Ray token; set RAY_AUTH_TOKEN "
+            "(or RAY_AUTH_MODE=token with RAY_AUTH_TOKEN_PATH) to the cluster's token"
+        )
+    return _error(f"--address {address}: the cluster refused the Ray token given")
+
+
+def client(address: str):
+    """A JobSubmissionClient, or one line saying why there is none."""
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(address, headers=_headers())
+    except AuthenticationError as exc:
+        raise _auth_error(address, exc) from None
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise _error(
+            f"--address {address}: no Ray Jobs API answers there ({_first_line(exc)}); "
+            "is the head running and its dashboard port right (default 8265)?"
+        ) from None
+
+
+def _call(address: str, what: str, fn, *args):
+    """One Jobs API request; Ray's errors become one line."""
+    from ray.exceptions import AuthenticationError
+
+    try:
+        return fn(*args)
+    except AuthenticationError as exc:
+        raise _auth_error(address, exc) from None
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise _error(f"{what}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# ---- submit, follow, report -------------------------------------------------------------------
+
+
+def submit(address: str, entry: str, kind: str) -> tuple[object, str]:
+    c = client(address)
+    job_id = _call(
+        address,
+        "submitting the job",
+        lambda: c.submit_job(entrypoint=entry, metadata={"app": "mnist-ray", "command": kind}),
+    )
+    return c, job_id
+
+
+def follow(c, job_id: str, write: Callable[[str], None]) -> None:
+    """Copy the job's output as it comes, until the job ends."""
+
+    async def tail() -> None:
+        async for chunk in c.tail_job_logs(job_id):
+            write(chunk)
+
+    asyncio.run(tail())
+
+
+def final_status(c, address: str, job_id: str, settle: float = SETTLE_SECONDS):
+    """The job's status once terminal (bounded wait: logs can end a moment before)."""
+    deadline = time.monotonic() + settle
+    while True:
+        info = _call(address, f"job {job_id}", c.get_job_info, job_id)
+        if str(info.status) in TERMINAL or time.monotonic() > deadline:
+            return info
+        time.sleep(0.5)
+
+
+def outcome(info, job_id: str, log: Callable[[str], None]) -> int:
+    status = str(info.status)
+    if status == "SUCCEEDED":
+        return 0
+    why = f": {_first_line(Exception(info.message))}" if info.message else ""
+    verb = {"FAILED": "failed", "STOPPED": "was stopped"}.get(status, f"is {status}")
+    log(f"Error: job {job_id} {verb}{why}")
+    return 1
+
+
+def submit_cli(
+    address: str,
+    store: str,
+    argv: list[str],
+    wait: bool = True,
+    log: Callable[[str], None] = _say,
+) -> int:
+    """What `--address http://...` does for `submit train` and `evaluate`; the exit code."""
+    check_shared_store(store)
+    entry = entrypoint(argv, store)
+    kind = " ".join(a for a in argv[:2] if not a.startswith("-"))
+    c, job_id = submit(address, entry, kind)
+    log(f"Submitted job {job_id} to {address}: {entry}")
+    if not wait:
+        print(job_id)
+        log(f"Follow it with: mnist-ray jobs logs {job_id} --follow --address {address}")
+        return 0
+    try:
+        follow(c, job_id, lambda chunk: (sys.stdout.write(chunk), sys.stdout.flush()))
+    except KeyboardInterrupt:
+        log(f"Stopped following; job {job_id} keeps running (mnist-ray jobs stop {job_id}).")
+        return 130
+    except Exception as exc:  # the log stream broke: the status below still says how it ended
+        log(f"Log stream of job {job_id} ended early ({_first_line(exc)}).")
+    return outcome(final_status(c, address, job_id), job_id, log)
+
+
+# ---- mnist-ray jobs status|logs|stop ----------------------------------------------------------
+
+app = typer.Typer(
+    no_args_is_help=True,
+    help="Jobs on a Ray cluster: `mnist-ray jobs status JOB_ID --address http://HOST:8265`.",
+)
+
+JobId = Annotated[
+    str, typer.Argument(metavar="JOB_ID", help="The job's submission id (raysubmit_...).")
+]
+Address = Annotated[
+    str,
+    typer.Option(
+        "--address",
+        envvar=["RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"],  # as `ray job` reads them
+        help="The cluster's Jobs API, http://HOST:8265 (the head's dashboard port).",
+    ),
+]
+
+
+def _remote(address: str) -> str:
+    if not is_remote(address):
+        raise typer.BadParameter(
+            f"{address} is not a Jobs API address; give http://HOST:8265", param_hint="'--address'"
+        )
+    return address
+
+
+def _friendly(fn):
+    """cli.friendly, looked up when the command runs (cli.py imports this module)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from mnist_ray.cli import friendly
+
+        return friendly(fn)(*args, **kwargs)
+
+    return wrapper
+
+
+@app.command()
+@_friendly
+def status(job_id: JobId, address: Address = "http://127.0.0.1:8265") -> None:
+    """Print a job's status (and why it ended, if it did); exit 0 unless it failed or stopped.
+
+    Example: mnist-ray jobs status raysubmit_XYZ --address http://127.0.0.1:8265
+    """
+    c = client(_remote(address))
+    info = _call(address, f"job {job_id}", c.get_job_info, job_id)
+    line = f"{job_id}: {info.status}"
+    if info.message:
+        line += f" ({_first_line(Exception(info.message))})"
+    print(line)
+    if str(info.status) in ("FAILED", "STOPPED"):
+        raise typer.Exit(1)
+
+
+@app.command()
+@_friendly
+def logs(
+    job_id: JobId,
+    address: Address = "http://127.0.0.1:8265",
+    follow_: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")
+    ] = False,
+) -> None:
+    """Print a job's output so far, or follow it to its end.
+
+    Example: mnist-ray jobs logs raysubmit_XYZ --follow
+    """
+    c = client(_remote(address))
+    if not follow_:
+        sys.stdout.write(_call(address, f"job {job_id}", c.get_job_logs, job_id))
+        return
+    # a missing job: one line here, not a websocket error below
+    _call(address, f"job {job_id}", c.get_job_info, job_id)
+    try:
+        follow(c, job_id, lambda chunk: (sys.stdout.write(chunk), sys.stdout.flush()))
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except Exception as exc:
+        raise _error(f"job {job_id}: log stream ended early ({_first_line(exc)})") from None
+    raise typer.Exit(outcome(final_status(c, address, job_id), job_id, _say))
+
+
+@app.command()
+@_friendly
+def stop(job_id: JobId, address: Address = "http://127.0.0.1:8265") -> None:
+    """Ask Ray to stop a job (its tasks are cancelled; what it already stored stays).
+
+    Example: mnist-ray jobs stop raysubmit_XYZ
+    """
+    c = client(_remote(address))
+    stopped = _call(address, f"job {job_id}", c.stop_job, job_id)
+    print(f"{job_id}: {'stopping' if stopped else 'not running, nothing to stop'}")

