@@ -423,3 +423,43 @@ def ray_cli_cluster(mnist_data, tmp_path_factory, request):
         raise
     finally:
         cluster.stop()
+
+
+def run_row(run_id: str, weights_uri: str, weights_sha256: str, **config) -> dict:
+    """A run row as `submit train` writes one, for tests that need a run but no training."""
+    from mnist_ray.config import TrainConfig
+    from mnist_ray.store import now
+
+    return {
+        "run_id": run_id,
+        "created_at": now(),
+        **TrainConfig(**{"epochs": 1, **config}).to_dict(),
+        "device": "cpu",
+        "node_id": "n",
+        "hostname": "h",
+        "gpu_ids": [],
+        "cuda_graph": False,
+        "epoch_costs": [1.0],
+        "train_seconds": 1.0,
+        "attempts": 1,
+        "weights_uri": weights_uri,
+        "weights_sha256": weights_sha256,
+        "torch_version": "x",
+        "ray_version": "x",
+    }
+
+
+def stored_run(store, *, seed: int = 0, scale: float = 1.0, shape=(10, 784), **config) -> dict:
+    """A run in the store with fixed random weights: evaluation needs weights, not training."""
+    from mnist_ray.store import new_id
+
+    rng = np.random.default_rng(seed)
+    weights = {
+        "weight": (rng.standard_normal(shape) * scale).astype(np.float32),
+        "bias": (rng.standard_normal(10) * scale).astype(np.float32),
+    }
+    run_id = new_id("run")
+    uri, sha = store.write_weights(run_id, weights)
+    row = run_row(run_id, uri, sha, **config)
+    store.write_row("runs", row)
+    return row

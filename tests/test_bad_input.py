@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.dataset as ds
 import pytest
+from conftest import stored_run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from mnist_ray import cli
-from mnist_ray.config import TrainConfig
 from mnist_ray.data import IMAGES_MAGIC, LABELS_MAGIC
 from mnist_ray.store import Store, new_id, now
 
@@ -46,33 +46,7 @@ def _files(folder: Path) -> list[Path]:
 
 
 def _run_row(store: Store, dataset: str = "mnist", shape=(10, 784)) -> dict:
-    """A run row and its weights (fixed random values: evaluation needs no trained model)."""
-    rng = np.random.default_rng(0)
-    weights = {
-        "weight": rng.standard_normal(shape).astype(np.float32),
-        "bias": rng.standard_normal(10).astype(np.float32),
-    }
-    run_id = new_id("run")
-    uri, sha = store.write_weights(run_id, weights)
-    row = {
-        "run_id": run_id,
-        "created_at": now(),
-        **TrainConfig(dataset=dataset, epochs=1).to_dict(),
-        "device": "cpu",
-        "node_id": "n",
-        "hostname": "h",
-        "gpu_ids": [],
-        "cuda_graph": False,
-        "epoch_costs": [1.0],
-        "train_seconds": 1.0,
-        "attempts": 1,
-        "weights_uri": uri,
-        "weights_sha256": sha,
-        "torch_version": "x",
-        "ray_version": "x",
-    }
-    store.write_row("runs", row)
-    return row
+    return stored_run(store, dataset=dataset, shape=shape)
 
 
 def _eval_row(run_id: str) -> dict:

@@ -21,10 +21,10 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 ray = pytest.importorskip("ray")
+from conftest import stored_run  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 from ray.util.state import list_tasks  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
@@ -32,7 +32,7 @@ from typer.testing import CliRunner  # noqa: E402
 from mnist_ray import cli, cluster, data  # noqa: E402
 from mnist_ray.cluster import FAULTS  # noqa: E402
 from mnist_ray.config import TrainConfig  # noqa: E402
-from mnist_ray.store import Store, new_id, now  # noqa: E402
+from mnist_ray.store import Store  # noqa: E402
 
 DATA = data.data_root()
 pytestmark = pytest.mark.skipif(
@@ -175,33 +175,7 @@ def test_split():
 
 
 def _stored_run(store: Store, seed: int = 0) -> dict:
-    """A run row with fixed random weights: evaluation needs weights, not a trained model."""
-    rng = np.random.default_rng(seed)
-    weights = {
-        "weight": (rng.standard_normal((10, 784)) * 0.05).astype(np.float32),
-        "bias": (rng.standard_normal(10) * 0.05).astype(np.float32),
-    }
-    run_id = new_id("run")
-    uri, sha = store.write_weights(run_id, weights)
-    row = {
-        "run_id": run_id,
-        "created_at": now(),
-        **TrainConfig(epochs=1).to_dict(),
-        "device": "cpu",
-        "node_id": "n",
-        "hostname": "h",
-        "gpu_ids": [],
-        "cuda_graph": False,
-        "epoch_costs": [1.0],
-        "train_seconds": 1.0,
-        "attempts": 1,
-        "weights_uri": uri,
-        "weights_sha256": sha,
-        "torch_version": "x",
-        "ray_version": ray.__version__,
-    }
-    store.write_row("runs", row)
-    return row
+    return stored_run(store, seed=seed, scale=0.05)
 
 
 def _parquet_files(store: Path, table: str) -> list[Path]:

@@ -21,13 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_row
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from mnist_ray import checkpoints, cli
-from mnist_ray.config import ConfigError, TrainConfig, check_id
-from mnist_ray.store import Store, StoreError, new_id, now
+from mnist_ray.config import ConfigError, check_id
+from mnist_ray.store import Store, StoreError, new_id
 
 runner = CliRunner()
 PACKAGE = Path(cli.__file__).parent
@@ -66,23 +67,7 @@ def _closed_port() -> str:
 
 
 def _run_row(run_id: str, weights: bytes) -> dict:
-    return {
-        "run_id": run_id,
-        "created_at": now(),
-        **TrainConfig(epochs=1).to_dict(),
-        "device": "cpu",
-        "node_id": "n",
-        "hostname": "h",
-        "gpu_ids": [],
-        "cuda_graph": False,
-        "epoch_costs": [1.0],
-        "train_seconds": 1.0,
-        "attempts": 1,
-        "weights_uri": f"weights/{run_id}.safetensors",
-        "weights_sha256": hashlib.sha256(weights).hexdigest(),
-        "torch_version": "x",
-        "ray_version": "x",
-    }
+    return run_row(run_id, f"weights/{run_id}.safetensors", hashlib.sha256(weights).hexdigest())
 
 
 def _flat(text: str) -> str:
