@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import sys
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -35,7 +36,8 @@ submit_app = typer.Typer(no_args_is_help=True, help="Submit a job: `mnist-ray su
 app.add_typer(submit_app, name="submit")
 app.add_typer(jobs.app, name="jobs")
 
-out = Console(highlight=False, soft_wrap=True)
+# Piped output gets wide lines rather than tables folded to rich's 80-column default.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
