@@ -463,3 +463,28 @@ def stored_run(store, *, seed: int = 0, scale: float = 1.0, shape=(10, 784), **c
     row = run_row(run_id, uri, sha, **config)
     store.write_row("runs", row)
     return row
+
+
+def eval_row(run_id: str = "run-x", accuracy: float = 0.9226) -> dict:
+    """An evaluation row as `evaluate` writes one, for store tests."""
+    from mnist_ray.store import new_id, now
+
+    return {
+        "eval_id": new_id("eval"),
+        "run_id": run_id,
+        "created_at": now(),
+        "dataset": "mnist",
+        "shards": 4,
+        "accuracy": accuracy,
+        "correct": 9226,
+        "total": 10000,
+        "per_class_accuracy": [0.9] * 10,
+        "confusion": list(range(100)),
+        "sample_index": 3757,
+        "sample_label": 8,
+        "sample_prediction": 3,
+        "sample_probabilities": [0.1] * 10,
+        "sample_pixels": [0] * 784,
+        "eval_seconds": 1.5,
+        "node_ids": ["n1"],
+    }

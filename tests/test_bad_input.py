@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow.dataset as ds
 import pytest
-from conftest import stored_run
+from conftest import eval_row, stored_run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from mnist_ray import cli
 from mnist_ray.data import IMAGES_MAGIC, LABELS_MAGIC
-from mnist_ray.store import Store, new_id, now
+from mnist_ray.store import Store, new_id
 
 runner = CliRunner()
 
@@ -47,28 +47,6 @@ def _files(folder: Path) -> list[Path]:
 
 def _run_row(store: Store, dataset: str = "mnist", shape=(10, 784)) -> dict:
     return stored_run(store, dataset=dataset, shape=shape)
-
-
-def _eval_row(run_id: str) -> dict:
-    return {
-        "eval_id": new_id("eval"),
-        "run_id": run_id,
-        "created_at": now(),
-        "dataset": "mnist",
-        "shards": 1,
-        "accuracy": 0.5,
-        "correct": 5000,
-        "total": 10_000,
-        "per_class_accuracy": [0.5] * 10,
-        "confusion": [0] * 100,
-        "sample_index": 0,
-        "sample_label": 7,
-        "sample_prediction": 7,
-        "sample_probabilities": [0.1] * 10,
-        "sample_pixels": [0] * 784,
-        "eval_seconds": 0.1,
-        "node_ids": ["n"],
-    }
 
 
 # ---- data files -------------------------------------------------------------------------------
@@ -172,7 +150,7 @@ def test_bad_test_file_is_one_line_naming_it(breakage, tmp_path):
 def test_results_shows_every_good_row_and_names_each_bad_file(tmp_path):
     store = Store(tmp_path / "store")
     runs = [_run_row(store) for _ in range(2)]
-    evals = [_eval_row(r["run_id"]) for r in runs]
+    evals = [eval_row(r["run_id"]) for r in runs]
     for e in evals:
         store.write_row("evaluations", e)
     good = (tmp_path / "store" / "runs" / f"{runs[0]['run_id']}.parquet").read_bytes()

@@ -9,30 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pyarrow.dataset as ds
 import pytest
+from conftest import eval_row
 
-from mnist_ray.store import EVALUATIONS, Store, StoreError, new_id, now
-
-
-def eval_row(run_id="run-x", accuracy=0.9226) -> dict:
-    return {
-        "eval_id": new_id("eval"),
-        "run_id": run_id,
-        "created_at": now(),
-        "dataset": "mnist",
-        "shards": 4,
-        "accuracy": accuracy,
-        "correct": 9226,
-        "total": 10000,
-        "per_class_accuracy": [0.9] * 10,
-        "confusion": list(range(100)),
-        "sample_index": 3757,
-        "sample_label": 8,
-        "sample_prediction": 3,
-        "sample_probabilities": [0.1] * 10,
-        "sample_pixels": [0] * 784,
-        "eval_seconds": 1.5,
-        "node_ids": ["n1"],
-    }
+from mnist_ray.store import EVALUATIONS, Store, StoreError, now
 
 
 def test_row_round_trip_keeps_types(tmp_path):
