@@ -26,7 +26,7 @@ import numpy as np
 import ray
 
 from mnist_ray import checkpoints
-from mnist_ray.config import TrainConfig
+from mnist_ray.config import TrainConfig, first_line
 from mnist_ray.evaluate import evaluate_shard, merge, shard_bounds
 from mnist_ray.store import Store
 
@@ -66,7 +66,7 @@ def connect(address: str | None, log: Callable[[str], None] = _say) -> Iterator[
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = address or "a local Ray instance"
-        raise ClusterError(f"--address {where}: could not connect ({_first_line(exc)})") from None
+        raise ClusterError(f"--address {where}: could not connect ({first_line(exc)})") from None
     try:
         yield
     finally:
@@ -109,11 +109,6 @@ def _keep_loopback() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _gather(refs: list, what: str):
     """ray.get once; Ctrl-C cancels the tasks so none is left running on the cluster."""
     try:
@@ -124,7 +119,7 @@ def _gather(refs: list, what: str):
         raise
     except ray.exceptions.RayError as exc:
         cause = getattr(exc, "cause", None) or exc
-        raise ClusterError(f"{what} failed after {RETRIES} retries: {_first_line(cause)}") from None
+        raise ClusterError(f"{what} failed after {RETRIES} retries: {first_line(cause)}") from None
 
 
 def _where() -> dict:

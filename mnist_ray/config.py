@@ -81,3 +81,9 @@ def check_id(value: str, option: str = "--run") -> str:
             option, f"{value!r} is not a valid id (letters, digits, '-' and '_', up to 64)"
         )
     return value
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one line for a user-facing message (its type when it says nothing)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

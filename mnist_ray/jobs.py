@@ -28,6 +28,8 @@ from urllib.parse import urlsplit
 
 import typer
 
+from mnist_ray.config import first_line
+
 STRIPPED = {"--address": True, "--wait": False, "--no-wait": False, "--store": True}
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 SETTLE_SECONDS = 30  # after the log stream ends, how long to wait for a terminal status
@@ -140,7 +142,7 @@ def client(address: str):
         raise _auth_error(address, exc) from None
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise _error(
-            f"--address {address}: no Ray Jobs API answers there ({_first_line(exc)}); "
+            f"--address {address}: no Ray Jobs API answers there ({first_line(exc)}); "
             "is the head running and its dashboard port right (default 8265)?"
         ) from None
 
@@ -154,12 +156,7 @@ def _call(address: str, what: str, fn, *args):
     except AuthenticationError as exc:
         raise _auth_error(address, exc) from None
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise _error(f"{what}: {_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+        raise _error(f"{what}: {first_line(exc)}") from None
 
 
 # ---- submit, follow, report -------------------------------------------------------------------
@@ -199,7 +196,7 @@ def outcome(info, job_id: str, log: Callable[[str], None]) -> int:
     status = str(info.status)
     if status == "SUCCEEDED":
         return 0
-    why = f": {_first_line(Exception(info.message))}" if info.message else ""
+    why = f": {first_line(Exception(info.message))}" if info.message else ""
     verb = {"FAILED": "failed", "STOPPED": "was stopped"}.get(status, f"is {status}")
     log(f"Error: job {job_id} {verb}{why}")
     return 1
@@ -228,7 +225,7 @@ def submit_cli(
         log(f"Stopped following; job {job_id} keeps running (mnist-ray jobs stop {job_id}).")
         return 130
     except Exception as exc:  # the log stream broke: the status below still says how it ended
-        log(f"Log stream of job {job_id} ended early ({_first_line(exc)}).")
+        log(f"Log stream of job {job_id} ended early ({first_line(exc)}).")
     return outcome(final_status(c, address, job_id), job_id, log)
 
 
@@ -283,7 +280,7 @@ def status(job_id: JobId, address: Address = "http://127.0.0.1:8265") -> None:
     info = _call(address, f"job {job_id}", c.get_job_info, job_id)
     line = f"{job_id}: {info.status}"
     if info.message:
-        line += f" ({_first_line(Exception(info.message))})"
+        line += f" ({first_line(Exception(info.message))})"
     print(line)
     if str(info.status) in ("FAILED", "STOPPED"):
         raise typer.Exit(1)
@@ -313,7 +310,7 @@ def logs(
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     except Exception as exc:
-        raise _error(f"job {job_id}: log stream ended early ({_first_line(exc)})") from None
+        raise _error(f"job {job_id}: log stream ended early ({first_line(exc)})") from None
     raise typer.Exit(outcome(final_status(c, address, job_id), job_id, _say))
 
 

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from mnist_ray.config import WEIGHT_SHAPES, check_id
+from mnist_ray.config import WEIGHT_SHAPES, check_id, first_line
 
 DEFAULT_STORE = "mnist-ray-store"  # a folder in the current directory
 
@@ -108,7 +108,7 @@ class Store:
                 self.fs = pafs.LocalFileSystem()
                 self.root = os.path.abspath(os.path.expanduser(self.location))
         except (pa.ArrowException, ValueError, OSError) as exc:
-            raise StoreError(f"--store {self.location}: {_first_line(exc)}") from None
+            raise StoreError(f"--store {self.location}: {first_line(exc)}") from None
         self.root = self.root.rstrip("/")
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
 
@@ -139,7 +139,7 @@ class Store:
             self.fs.delete_file(probe)
         except (OSError, pa.ArrowException) as exc:
             raise StoreError(
-                f"--store {self.location}: not writable ({_first_line(exc)}); "
+                f"--store {self.location}: not writable ({first_line(exc)}); "
                 "choose a folder or URI you can write to"
             ) from None
 
@@ -155,7 +155,7 @@ class Store:
             self.fs.move(tmp, final)
         except (OSError, pa.ArrowException) as exc:
             _quiet_delete(self.fs, tmp)
-            raise StoreError(f"{self.uri(relpath)}: write failed ({_first_line(exc)})") from None
+            raise StoreError(f"{self.uri(relpath)}: write failed ({first_line(exc)})") from None
         return self.uri(relpath)
 
     def write_row(self, table: str, row: dict) -> str:
@@ -174,7 +174,7 @@ class Store:
         except FileNotFoundError:
             raise StoreError(f"{self.uri(relpath)}: not found") from None
         except (OSError, pa.ArrowException) as exc:
-            raise StoreError(f"{self.uri(relpath)}: {_first_line(exc)}") from None
+            raise StoreError(f"{self.uri(relpath)}: {first_line(exc)}") from None
 
     def list(self, folder: str, suffix: str = "") -> list[str]:
         """Relative paths of the visible files in a folder (skipping '.' and '_' names)."""
@@ -183,7 +183,7 @@ class Store:
                 pafs.FileSelector(self.path(folder), allow_not_found=True)
             )
         except (OSError, pa.ArrowException) as exc:
-            raise StoreError(f"--store {self.location}: {_first_line(exc)}") from None
+            raise StoreError(f"--store {self.location}: {first_line(exc)}") from None
         names = [
             i.base_name
             for i in infos
@@ -204,7 +204,7 @@ class Store:
                     raise ValueError(f"not a {table} file: missing {', '.join(sorted(missing))}")
                 rows.extend(got.select(SCHEMAS[table].names).to_pylist())
             except (OSError, pa.ArrowException, ValueError) as exc:
-                bad.append((self.uri(relpath), _first_line(exc)))
+                bad.append((self.uri(relpath), first_line(exc)))
         rows.sort(key=lambda r: (r["created_at"], r[KEYS[table]]))
         return rows, bad
 
@@ -274,12 +274,7 @@ def decode_tensors(data: bytes, where: str) -> dict[str, np.ndarray]:
     try:
         return load(data)
     except Exception as exc:  # safetensors raises its own error types for bad headers
-        raise StoreError(f"{where}: not a safetensors file ({_first_line(exc)})") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+        raise StoreError(f"{where}: not a safetensors file ({first_line(exc)})") from None
 
 
 def _quiet_delete(fs: pafs.FileSystem, path: str) -> None:
