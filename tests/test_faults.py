@@ -267,6 +267,16 @@ def test_killed_shard_is_retried_with_identical_counts(local, test_split, tmp_pa
 # ---- retries exhausted ------------------------------------------------------------------------
 
 
+def _assert_gave_up(proc, stderr: str, stage: str) -> None:
+    """Retries used up: exit 1 and one line naming the stage and the worker's death."""
+    assert proc.returncode == 1, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, stderr
+    assert f"{stage} failed after 3 retries" in errors[0]
+    assert "worker died" in errors[0].lower()
+    assert "Traceback" not in stderr
+
+
 def test_training_retries_exhausted_is_one_clear_line(local, tmp_path):
     store = tmp_path / "store"
     proc = local.cli("submit", "train", "--epochs", "500", "--store", str(store))
@@ -284,12 +294,7 @@ def test_training_retries_exhausted_is_one_clear_line(local, tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert len(killed) == 1 + cluster.RETRIES
-    assert proc.returncode == 1, stderr
-    errors = [line for line in stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, stderr
-    assert "training failed after 3 retries" in errors[0]
-    assert "worker died" in errors[0].lower()
-    assert "Traceback" not in stderr
+    _assert_gave_up(proc, stderr, "training")
     assert _parquet_files(store, "runs") == []
 
 
@@ -300,12 +305,7 @@ def test_evaluation_retries_exhausted_is_one_clear_line(local, tmp_path):
         (local.faults / f"shard-{i}").touch()
     proc = local.cli("evaluate", "--run", run["run_id"], "--shards", "1", "--store", store.location)
     _, stderr = proc.communicate(timeout=240)
-    assert proc.returncode == 1, stderr
-    errors = [line for line in stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, stderr
-    assert "evaluation failed after 3 retries" in errors[0]
-    assert "worker died" in errors[0].lower()
-    assert "Traceback" not in stderr
+    _assert_gave_up(proc, stderr, "evaluation")
     assert list(local.faults.glob("shard-*")) == []
     assert _parquet_files(tmp_path / "store", "evaluations") == []
 
