@@ -12,6 +12,7 @@ $MNIST_RAY_DATA (see README).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import resource
@@ -49,7 +50,7 @@ def classic(data_dir: str, device: torch.device, epochs: int) -> tuple[float, li
             cost.backward()
             optimizer.step()
             avg_cost += cost / len(loader)
-        costs.append(float(avg_cost))
+        costs.append(float(avg_cost.detach()))
     _sync(device)
     return time.perf_counter() - started, costs
 
@@ -70,14 +71,28 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def cli(args: list[str], env: dict) -> tuple[float, int, str]:
+def cli(args: list[str], env: dict) -> tuple[float, float, dict]:
+    """Run `mnist-ray ARGS --json`: seconds, the driver's peak RSS in MiB, the stored row.
+    The driver's peak is read from /proc while it runs (VmHWM only grows): getrusage's
+    figure for a child would include this big process, which it was forked from."""
     started = time.perf_counter()
-    proc = subprocess.run(["mnist-ray", *args], env=env, capture_output=True, text=True)
+    proc = subprocess.Popen(
+        ["mnist-ray", *args, "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    peak = 0.0
+    while proc.poll() is None:
+        try:
+            with open(f"/proc/{proc.pid}/status") as status:
+                hwm = [line for line in status if line.startswith("VmHWM:")]
+            peak = max(peak, int(hwm[0].split()[1]) / 1024) if hwm else peak
+        except (OSError, IndexError, ValueError):
+            pass
+        time.sleep(0.02)
     elapsed = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024
+    stdout, stderr = proc.communicate()
     if proc.returncode != 0:
-        sys.exit(f"mnist-ray {' '.join(args)} failed:\n{proc.stderr}")
-    return elapsed, peak, proc.stdout.strip().splitlines()[0]
+        sys.exit(f"mnist-ray {' '.join(args)} failed:\n{stderr.decode()}")
+    return elapsed, peak, json.loads(stdout)
 
 
 def main() -> None:
@@ -130,13 +145,19 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as store:
         env = dict(os.environ, MNIST_RAY_DATA=args.data_dir)
-        t, peak, line = cli(["submit", "train", "--store", store], env)
+        t, peak, run = cli(["submit", "train", "--store", store], env)
+        gpu = f" + {run['gpu_peak_mib']:.0f} MiB GPU" if run.get("gpu_peak_mib") else ""
         print(
-            f"mnist-ray submit train      : {t:6.2f} s end to end (driver peak RSS {peak} MiB)\n    {line}"
+            f"mnist-ray submit train       : {t:6.2f} s end to end; training {run['train_seconds']:.2f} s"
+            f" on {run['device']}, final cost {run['epoch_costs'][-1]:.9f}\n"
+            f"    peak RSS: driver {peak:.0f} MiB, training task {run['peak_rss_mib']:.0f} MiB{gpu}"
         )
-        t, peak, line = cli(["evaluate", "--shards", "4", "--store", store], env)
+        t, peak, ev = cli(["evaluate", "--shards", "4", "--store", store], env)
         print(
-            f"mnist-ray evaluate --shards 4: {t:6.2f} s end to end (driver peak RSS {peak} MiB)\n    {line}"
+            f"mnist-ray evaluate --shards 4: {t:6.2f} s end to end; accuracy {ev['accuracy']:.4f}, "
+            f"sample {ev['sample_index']} label {ev['sample_label']} "
+            f"predicted {ev['sample_prediction']}\n"
+            f"    peak RSS: driver {peak:.0f} MiB, largest shard task {ev['shard_peak_rss_mib']:.0f} MiB"
         )
         t0 = time.perf_counter()
         subprocess.run(

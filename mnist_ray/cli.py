@@ -170,9 +170,17 @@ def submit_train(
         out.print(
             f"run {row['run_id']}: {row['epochs']} epochs on {row['device']} "
             f"(node {row['node_id'][:12]}) in {row['train_seconds']:.2f} s, "
-            f"final cost {row['epoch_costs'][-1]:.9f}"
+            f"final cost {row['epoch_costs'][-1]:.9f}, peak memory {_peak(row)}"
         )
         out.print(f"weights {row['weights_uri']}")
+
+
+def _peak(row: dict) -> str:
+    """The training task's peak memory: its process's RSS, and torch's GPU peak if it had one."""
+    text = f"{row['peak_rss_mib']:.0f} MiB"
+    if row.get("gpu_peak_mib") is not None:
+        text += f" + {row['gpu_peak_mib']:.0f} MiB on the GPU"
+    return text
 
 
 def train_and_store(cfg, images, labels, store: Store, address, gpus: str) -> dict:
@@ -199,6 +207,7 @@ def train_and_store(cfg, images, labels, store: Store, address, gpus: str) -> di
         **cfg.to_dict(),
         **{k: outcome[k] for k in ("device", "node_id", "hostname", "gpu_ids", "cuda_graph")},
         **{k: outcome[k] for k in ("epoch_costs", "train_seconds", "torch_version")},
+        **{k: outcome[k] for k in ("peak_rss_mib", "gpu_peak_mib")},
         "attempts": 1 + (outcome["resumed_from_epoch"] > 0),
         "weights_uri": weights_uri,
         "weights_sha256": sha,
@@ -269,6 +278,7 @@ def evaluate(
         "sample_pixels": s["pixels"],
         "eval_seconds": time.perf_counter() - started,
         "node_ids": merged["node_ids"],
+        "shard_peak_rss_mib": merged["shard_peak_rss_mib"],
     }
     target.write_row("evaluations", row)
     if as_json:

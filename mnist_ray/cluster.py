@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,11 +63,18 @@ def connect(address: str | None, log: Callable[[str], None] = _say) -> Iterator[
         kwargs.update(address=address)
         if _is_loopback(address):
             _keep_loopback()
+    started = time.perf_counter()
     try:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = address or "a local Ray instance"
         raise ClusterError(f"--address {where}: could not connect ({first_line(exc)})") from None
+    have = ray.cluster_resources()
+    log(
+        f"{'Started a local Ray' if address is None else f'Connected to Ray at {address}'}: "
+        f"{have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs "
+        f"({time.perf_counter() - started:.1f} s)"
+    )
     try:
         yield
     finally:
@@ -120,6 +128,21 @@ def _gather(refs: list, what: str):
     except ray.exceptions.RayError as exc:
         cause = getattr(exc, "cause", None) or exc
         raise ClusterError(f"{what} failed after {RETRIES} retries: {first_line(cause)}") from None
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, in MiB (VmHWM; ru_maxrss elsewhere)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 def _where() -> dict:
@@ -177,7 +200,11 @@ def _train_task(
         "device": result.device,
         "cuda_graph": result.cuda_graph,
         "resumed_from_epoch": resume.epoch if resume else 0,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),  # a str subclass: unpickling it imports torch
+        "peak_rss_mib": peak_rss_mib(),
+        "gpu_peak_mib": (
+            torch.cuda.max_memory_allocated() / 2**20 if result.device.startswith("cuda") else None
+        ),
         **_where(),
     }
 
@@ -229,6 +256,7 @@ def _shard_task(weights, images, labels, start: int, stop: int, sample: int) -> 
     _fault("shard")
     part = evaluate_shard(weights, images, labels, start, stop, sample)
     part["node_id"] = ray.get_runtime_context().get_node_id()
+    part["peak_rss_mib"] = peak_rss_mib()
     return part
 
 
@@ -251,4 +279,5 @@ def evaluate_on_ray(
     parts = _gather(refs, "evaluation")
     merged = merge(parts)
     merged["node_ids"] = sorted({p["node_id"] for p in parts})
+    merged["shard_peak_rss_mib"] = max(p["peak_rss_mib"] for p in parts)
     return merged

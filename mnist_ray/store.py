@@ -56,6 +56,8 @@ RUNS = pa.schema(
         ("weights_sha256", pa.string()),
         ("torch_version", pa.string()),
         ("ray_version", pa.string()),
+        ("peak_rss_mib", pa.float64()),  # the training task's process, at its peak
+        ("gpu_peak_mib", pa.float64()),  # torch's peak allocation on the GPU; null on a CPU
     ]
 )
 
@@ -78,11 +80,14 @@ EVALUATIONS = pa.schema(
         ("sample_pixels", pa.list_(pa.uint8())),  # 28x28, row-major, 0..255
         ("eval_seconds", pa.float64()),
         ("node_ids", pa.list_(pa.string())),  # the Ray nodes the shards ran on
+        ("shard_peak_rss_mib", pa.float64()),  # the largest shard task's process, at its peak
     ]
 )
 
 SCHEMAS = {"runs": RUNS, "evaluations": EVALUATIONS}
 KEYS = {"runs": "run_id", "evaluations": "eval_id"}
+# Columns added after the first release: read as null from files written before them.
+OPTIONAL = {"peak_rss_mib", "gpu_peak_mib", "shard_peak_rss_mib"}
 
 
 class StoreError(RuntimeError):
@@ -200,8 +205,13 @@ class Store:
             try:
                 got = pq.read_table(self.path(relpath), filesystem=self.fs)
                 missing = set(SCHEMAS[table].names) - set(got.column_names)
-                if missing:
+                if missing - OPTIONAL:
+                    missing -= OPTIONAL
                     raise ValueError(f"not a {table} file: missing {', '.join(sorted(missing))}")
+                for name in missing:
+                    got = got.append_column(
+                        name, pa.nulls(len(got), SCHEMAS[table].field(name).type)
+                    )
                 rows.extend(got.select(SCHEMAS[table].names).to_pylist())
             except (OSError, pa.ArrowException, ValueError) as exc:
                 bad.append((self.uri(relpath), first_line(exc)))

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
-from conftest import TUTORIAL_COSTS, ensure_ray
+from conftest import TUTORIAL_COSTS, client_env, ensure_ray
 from typer.testing import CliRunner
 
 from mnist_ray.cli import app
@@ -142,3 +144,35 @@ def test_missing_data_is_one_line_and_writes_nothing(tmp_path, ray_local):
     assert result.exit_code == 1
     assert "train-images-idx3-ubyte: file is empty" in result.stderr
     assert not store.exists()
+
+
+DRIVER = """
+import sys
+from mnist_ray.cli import app
+for args in (sys.argv[1:] + ["--epochs", "2"], ["evaluate", "--shards", "2"] + sys.argv[3:]):
+    try:
+        app(args)
+    except SystemExit as done:
+        assert not done.code, done.code
+print("torch imported by the driver:", "torch" in sys.modules)
+"""
+
+
+def test_embedded_ray_from_a_fresh_process_and_no_torch_in_the_driver(tmp_path):
+    """Both commands as a user runs them, each starting and stopping its own local Ray; the
+    driver process reads data, gathers results and writes the store without importing torch
+    (2 s and 500 MB on a small machine), which only the training task needs."""
+    env = client_env(tmp_path)
+    store = tmp_path / "store"
+    done = subprocess.run(
+        [sys.executable, "-c", DRIVER, "submit", "train", "--store", str(store)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "torch imported by the driver: False" in done.stdout, done.stdout
+    assert "accuracy" in done.stdout and "over 2 shard(s)" in done.stdout
+    assert len(list((store / "runs").glob("*.parquet"))) == 1
+    assert len(list((store / "evaluations").glob("*.parquet"))) == 1

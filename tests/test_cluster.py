@@ -51,6 +51,7 @@ def test_sharded_evaluation_equals_one_pass(ray_local, random_weights, mnist_tes
     expected = merge([evaluate_shard(random_weights, images, labels, sample=42)])
     got = evaluate_on_ray(random_weights, images, labels, shards, 42)
     assert got.pop("node_ids") == [ray_local.get_runtime_context().get_node_id()]
+    assert got.pop("shard_peak_rss_mib") > 0  # a worker process's peak, whatever it ran before
     assert got == expected
 
 

@@ -105,6 +105,25 @@ def test_bad_files_are_reported_and_good_rows_kept(tmp_path):
     assert sorted(p.rsplit("/", 1)[1] for p, _ in bad) == ["text.parquet", "zero.parquet"]
 
 
+def test_files_from_before_the_memory_columns_still_read(tmp_path):
+    """A row written without the columns added later reads back with them null; a file
+    missing a column that has always been there is still refused."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "evaluations").mkdir()
+    row = eval_row()
+    older = pa.Table.from_pylist([row], schema=EVALUATIONS).drop_columns(["shard_peak_rss_mib"])
+    pq.write_table(older, tmp_path / "evaluations" / "old.parquet")
+    pq.write_table(older.drop_columns(["accuracy"]), tmp_path / "evaluations" / "bad.parquet")
+    rows, bad = Store(tmp_path).read("evaluations")
+    assert [r["eval_id"] for r in rows] == [row["eval_id"]]
+    assert rows[0]["shard_peak_rss_mib"] is None and rows[0]["accuracy"] == row["accuracy"]
+    assert [(p.rsplit("/", 1)[1], why) for p, why in bad] == [
+        ("bad.parquet", "not a evaluations file: missing accuracy")
+    ]
+
+
 def test_find_run_by_prefix_latest_and_unknown(tmp_path):
     store = Store(tmp_path)
     with pytest.raises(StoreError, match="no runs yet"):
