@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -63,12 +64,18 @@ def connect(address: str | None, log: Callable[[str], None] = _say) -> Iterator[
         kwargs.update(address=address)
         if _is_loopback(address):
             _keep_loopback()
+        _token_alone_is_enough()
+        log(f"Connecting to Ray at {address} ...")
     started = time.perf_counter()
-    try:
-        ray.init(**kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = address or "a local Ray instance"
-        raise ClusterError(f"--address {where}: could not connect ({first_line(exc)})") from None
+    with _held_stderr(hold=address is not None) as held:
+        try:
+            ray.init(**kwargs)
+            failure = None
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            failure = exc
+    if failure is not None:
+        raise _connect_error(address, failure, held.text) from None
+    sys.stderr.write(held.text)  # what Ray said while connecting, now that it worked
     have = ray.cluster_resources()
     log(
         f"{'Started a local Ray' if address is None else f'Connected to Ray at {address}'}: "
@@ -79,6 +86,55 @@ def connect(address: str | None, log: Callable[[str], None] = _say) -> Iterator[
         yield
     finally:
         ray.shutdown()
+
+
+class _Held:
+    text = ""
+
+
+@contextmanager
+def _held_stderr(hold: bool) -> Iterator[_Held]:
+    """Hold what is written to file descriptor 2 while connecting. Ray's C++ client logs a
+    warning a second while it retries (20 s of "InvalidAuthToken" lines for a missing
+    token) before its Python side raises a generic error; held, they become one line."""
+    held = _Held()
+    if not hold:
+        yield held
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield held
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            held.text = sink.read().decode(errors="replace")
+
+
+def _token_alone_is_enough() -> None:
+    """Ray's client sends RAY_AUTH_TOKEN only with RAY_AUTH_MODE=token; as for the Jobs API
+    (jobs.py), a token given alone is meant to be used."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip() and "RAY_AUTH_MODE" not in os.environ:
+        os.environ["RAY_AUTH_MODE"] = "token"
+        # Ray caches its config at import: refresh it, as Ray's own switch to token mode does.
+        from ray._private.authentication import authentication_token_setup
+
+        authentication_token_setup._enable_token_auth()
+
+
+def _connect_error(address: str | None, exc: BaseException, said: str) -> ClusterError:
+    where = address or "a local Ray instance"
+    if "InvalidAuthToken" in said or "Unauthenticated" in said:
+        if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+            return ClusterError(f"--address {where}: the cluster refused the Ray token given")
+        return ClusterError(
+            f"--address {where}: the cluster wants a Ray token; set RAY_AUTH_TOKEN "
+            "(or RAY_AUTH_MODE=token with RAY_AUTH_TOKEN_PATH) to the cluster's token"
+        )
+    return ClusterError(f"--address {where}: could not connect ({first_line(exc)})")
 
 
 def _check_reachable(address: str, timeout: float = 3.0) -> None:

@@ -130,3 +130,24 @@ def test_a_failing_job_fails_the_command(ray_cli_cluster, tmp_path):
     assert result.returncode == 1, result
     assert "no such run" in result.stdout + result.stderr  # the job's own one line, streamed
     assert re.search(r"Error: job raysubmit_\w+ failed", result.stderr), result.stderr
+
+
+def test_a_gcs_address_wants_the_token_and_takes_it_alone(ray_cli_cluster, tmp_path):
+    """--address HOST:PORT (a driver on this machine, not a job): without the token, one
+    line instead of Ray's 20 s of retry warnings; RAY_AUTH_TOKEN alone then connects, and
+    the GPU node gets the training task."""
+    cluster, gpu_node_id = ray_cli_cluster
+    store = tmp_path / "store"
+    args = ["submit", "train", "--epochs", "1", "--address", cluster.gcs, "--store", str(store)]
+    refused = mnist_ray(args, client_env(tmp_path), 120)
+    assert refused.returncode == 1, refused
+    last = refused.stderr.strip().splitlines()[-1]
+    assert "the cluster wants a Ray token; set RAY_AUTH_TOKEN" in last, refused.stderr
+    assert "InvalidAuthToken" not in refused.stderr and "Traceback" not in refused.stderr
+    assert not list(store.glob("runs/*.parquet"))
+
+    ok = mnist_ray(args, client_env(tmp_path, RAY_AUTH_TOKEN=cluster.token))
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert f"Connected to Ray at {cluster.gcs}: 2 CPUs, 1 GPUs" in ok.stderr
+    (run,) = Store(str(store)).read("runs")[0]
+    assert run["node_id"] == gpu_node_id and run["epochs"] == 1
