@@ -64,6 +64,18 @@ def latest(store: Store, run_id: str) -> Checkpoint | None:
     )
 
 
+def costs(store: Store, run_id: str) -> list[float]:
+    """The epoch costs of a run's newest checkpoint, for progress; [] if none can be read."""
+    try:
+        names = store.list(folder(run_id), ".safetensors")
+        if not names:
+            return []
+        arrays = decode_tensors(store.read_bytes(names[-1]), store.uri(names[-1]))
+        return arrays["epoch_costs"].tolist()
+    except (StoreError, KeyError):
+        return []
+
+
 def clear(store: Store, run_id: str) -> None:
     """Drop a finished run's checkpoints; its weights file is what stays."""
     with contextlib.suppress(OSError, FileNotFoundError):

@@ -198,8 +198,6 @@ def train_and_store(cfg, images, labels, store: Store, address, gpus: str) -> di
     except BaseException:  # failed or interrupted: no run, so its checkpoints can't resume
         checkpoints.clear(store, run_id)
         raise
-    for epoch, cost in enumerate(outcome["epoch_costs"], 1):
-        err.print(f"Epoch: {epoch:04d} cost = {cost:.9f}")
     weights_uri, sha = store.write_weights(run_id, outcome["weights"])
     row = {
         "run_id": run_id,

@@ -173,9 +173,13 @@ def _keep_loopback() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
-def _gather(refs: list, what: str):
-    """ray.get once; Ctrl-C cancels the tasks so none is left running on the cluster."""
+def _gather(refs: list, what: str, tick: Callable[[], None] | None = None):
+    """ray.get once (calling `tick` every half second until all are done, if given);
+    Ctrl-C cancels the tasks so none is left running on the cluster."""
     try:
+        if tick is not None:
+            while len(ray.wait(refs, num_returns=len(refs), timeout=0.5)[0]) < len(refs):
+                tick()
         return ray.get(refs)
     except KeyboardInterrupt:
         for ref in refs:
@@ -301,7 +305,16 @@ def train_on_ray(
     ref = train_task.options(num_gpus=num_gpus, name=f"train {run_id}").remote(
         cfg.to_dict(), ray.put(images), ray.put(labels), store.location, run_id, num_gpus > 0
     )
-    (outcome,) = _gather([ref], "training")
+    shown: list[float] = []
+
+    def show(costs: list[float]) -> None:
+        for epoch in range(len(shown), len(costs)):
+            log(f"Epoch: {epoch + 1:04d} cost = {costs[epoch]:.9f}")
+        shown[:] = costs
+
+    # Each epoch's checkpoint lands in the store as the task goes: show its cost live.
+    (outcome,) = _gather([ref], "training", tick=lambda: show(checkpoints.costs(store, run_id)))
+    show(outcome["epoch_costs"])
     return outcome
 
 

@@ -28,7 +28,10 @@ def test_training_task_reports_where_it_ran(ray_local, mnist_train, tmp_path):
     outcome = train_on_ray(
         TrainConfig(epochs=1), *mnist_train, Store(tmp_path), "run-t1", "auto", log=notices.append
     )
-    assert notices == ["No GPU in the Ray cluster: training on the CPU."]
+    assert notices == [
+        "No GPU in the Ray cluster: training on the CPU.",
+        "Epoch: 0001 cost = 0.535150588",  # progress, once per epoch
+    ]
     assert f"{outcome['epoch_costs'][0]:.9f}" == "0.535150588"
     assert outcome["device"] == "cpu" and outcome["gpu_ids"] == []
     assert outcome["node_id"] == ray_local.get_runtime_context().get_node_id()
@@ -108,3 +111,22 @@ def test_two_node_cluster_puts_training_on_the_gpu_node(mnist_train, mnist_test,
     finally:
         stack.close()
         cluster.shutdown()
+
+
+def test_epochs_are_shown_live_once_each(ray_local, mnist_train, tmp_path):
+    """Costs appear while the task runs (read from its per-epoch checkpoints), each once."""
+    lines: list[tuple[float, str]] = []
+    outcome = train_on_ray(
+        TrainConfig(epochs=6),
+        *mnist_train,
+        Store(tmp_path),
+        "run-live",
+        "0",
+        log=lambda line: lines.append((time.monotonic(), line)),
+    )
+    epochs = [line for _, line in lines if line.startswith("Epoch: ")]
+    assert epochs == [
+        f"Epoch: {i:04d} cost = {c:.9f}" for i, c in enumerate(outcome["epoch_costs"], 1)
+    ]
+    shown_at = {round(t, 2) for t, line in lines if line.startswith("Epoch: ")}
+    assert len(shown_at) > 1  # shown as they came, not all at once at the end
