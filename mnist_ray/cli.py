@@ -259,7 +259,7 @@ def evaluate(
     err.print(f"Evaluating run {found['run_id']} on {shards} shard(s) ...")
     started = time.perf_counter()
     with connect(address, log=err.print):
-        merged = evaluate_on_ray(weights, images, labels, shards, sample)
+        merged = evaluate_on_ray(weights, images, labels, shards, sample, log=err.print)
     s = merged["sample"]
     row = {
         "eval_id": new_id("eval"),

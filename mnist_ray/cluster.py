@@ -173,13 +173,13 @@ def _keep_loopback() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
-def _gather(refs: list, what: str, tick: Callable[[], None] | None = None):
-    """ray.get once (calling `tick` every half second until all are done, if given);
-    Ctrl-C cancels the tasks so none is left running on the cluster."""
+def _gather(refs: list, what: str, tick: Callable[[int], None] | None = None):
+    """ray.get once; until then, if given, `tick(tasks done)` every half second. Ctrl-C
+    cancels the tasks so none is left running on the cluster."""
     try:
         if tick is not None:
-            while len(ray.wait(refs, num_returns=len(refs), timeout=0.5)[0]) < len(refs):
-                tick()
+            while (done := len(ray.wait(refs, num_returns=len(refs), timeout=0.5)[0])) < len(refs):
+                tick(done)
         return ray.get(refs)
     except KeyboardInterrupt:
         for ref in refs:
@@ -313,7 +313,7 @@ def train_on_ray(
         shown[:] = costs
 
     # Each epoch's checkpoint lands in the store as the task goes: show its cost live.
-    (outcome,) = _gather([ref], "training", tick=lambda: show(checkpoints.costs(store, run_id)))
+    (outcome,) = _gather([ref], "training", tick=lambda _: show(checkpoints.costs(store, run_id)))
     show(outcome["epoch_costs"])
     return outcome
 
@@ -338,6 +338,7 @@ def evaluate_on_ray(
     labels: np.ndarray,
     shards: int,
     sample: int,
+    log: Callable[[str], None] = _say,
 ) -> dict:
     """One CPU task per contiguous shard; the merged counts and the nodes that ran them."""
     w, x, y = ray.put(weights), ray.put(images), ray.put(labels)  # once, shared by all shards
@@ -345,7 +346,14 @@ def evaluate_on_ray(
         shard_task.options(name=f"shard {start}:{stop}").remote(w, x, y, start, stop, sample)
         for start, stop in shard_bounds(len(labels), shards)
     ]
-    parts = _gather(refs, "evaluation")
+    shown = [0]
+
+    def progress(done: int) -> None:  # a line when the count moved, at most twice a second
+        if done > shown[0]:
+            log(f"Shards done: {done}/{shards}")
+            shown[0] = done
+
+    parts = _gather(refs, "evaluation", tick=progress)
     merged = merge(parts)
     merged["node_ids"] = sorted({p["node_id"] for p in parts})
     merged["shard_peak_rss_mib"] = max(p["peak_rss_mib"] for p in parts)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 
 import numpy as np
@@ -46,6 +47,14 @@ def test_requiring_a_gpu_on_a_cpu_cluster_fails_at_once(ray_local):
         gpu_request("1")
     assert time.monotonic() - started < 5
     assert gpu_request("0") == 0
+
+
+def test_shard_progress_counts_up(ray_local, random_weights, mnist_test):
+    lines: list[str] = []
+    got = evaluate_on_ray(random_weights, *mnist_test, 300, 42, log=lines.append)
+    assert got["total"] == 10_000
+    counts = [int(re.fullmatch(r"Shards done: (\d+)/300", line).group(1)) for line in lines]
+    assert counts == sorted(set(counts)) and all(0 < c < 300 for c in counts)
 
 
 @pytest.mark.parametrize("shards", [1, 5])
