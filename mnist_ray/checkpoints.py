@@ -67,13 +67,10 @@ def latest(store: Store, run_id: str) -> Checkpoint | None:
 def costs(store: Store, run_id: str) -> list[float]:
     """The epoch costs of a run's newest checkpoint, for progress; [] if none can be read."""
     try:
-        names = store.list(folder(run_id), ".safetensors")
-        if not names:
-            return []
-        arrays = decode_tensors(store.read_bytes(names[-1]), store.uri(names[-1]))
-        return arrays["epoch_costs"].tolist()
-    except (StoreError, KeyError):
+        ckpt = latest(store, run_id)
+    except (StoreError, KeyError):  # an odd file there: no progress line, not an error
         return []
+    return ckpt.epoch_costs if ckpt else []
 
 
 def clear(store: Store, run_id: str) -> None:

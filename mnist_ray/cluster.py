@@ -125,15 +125,12 @@ def _token_alone_is_enough() -> None:
         authentication_token_setup._enable_token_auth()
 
 
-def _connect_error(address: str | None, exc: BaseException, said: str) -> ClusterError:
+def _connect_error(address: str | None, exc: BaseException, said: str) -> Exception:
     where = address or "a local Ray instance"
     if "InvalidAuthToken" in said or "Unauthenticated" in said:
-        if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
-            return ClusterError(f"--address {where}: the cluster refused the Ray token given")
-        return ClusterError(
-            f"--address {where}: the cluster wants a Ray token; set RAY_AUTH_TOKEN "
-            "(or RAY_AUTH_MODE=token with RAY_AUTH_TOKEN_PATH) to the cluster's token"
-        )
+        from mnist_ray.jobs import token_error  # late: jobs imports typer, workers needn't
+
+        return token_error(where, os.environ.get("RAY_AUTH_MODE", "").lower() != "token")
     return ClusterError(f"--address {where}: could not connect ({first_line(exc)})")
 
 

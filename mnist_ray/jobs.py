@@ -122,13 +122,19 @@ def _headers() -> dict[str, str] | None:
     return None
 
 
-def _auth_error(address: str, exc: BaseException) -> Exception:
-    if "Authentication required" in str(exc) or "401" in str(exc):
+def token_error(address: str, wanted: bool) -> Exception:
+    """The one line for a token problem, whether the Jobs API or the GCS said it: none was
+    sent (`wanted`) or the one sent was wrong."""
+    if wanted:
         return _error(
             f"--address {address}: the cluster wants a Ray token; set RAY_AUTH_TOKEN "
             "(or RAY_AUTH_MODE=token with RAY_AUTH_TOKEN_PATH) to the cluster's token"
         )
     return _error(f"--address {address}: the cluster refused the Ray token given")
+
+
+def _auth_error(address: str, exc: BaseException) -> Exception:
+    return token_error(address, "Authentication required" in str(exc) or "401" in str(exc))
 
 
 def client(address: str):

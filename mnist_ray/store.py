@@ -205,9 +205,8 @@ class Store:
             try:
                 got = pq.read_table(self.path(relpath), filesystem=self.fs)
                 missing = set(SCHEMAS[table].names) - set(got.column_names)
-                if missing - OPTIONAL:
-                    missing -= OPTIONAL
-                    raise ValueError(f"not a {table} file: missing {', '.join(sorted(missing))}")
+                if required := missing - OPTIONAL:
+                    raise ValueError(f"not a {table} file: missing {', '.join(sorted(required))}")
                 for name in missing:
                     got = got.append_column(
                         name, pa.nulls(len(got), SCHEMAS[table].field(name).type)

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from mnist_ray.checkpoints import Checkpoint
-from mnist_ray.config import TrainConfig
+from mnist_ray.config import TrainConfig, first_line
 from mnist_ray.model import make_model
 
 aten = torch.ops.aten  # the kernels `_step` calls by name
@@ -188,7 +188,7 @@ def _capture(model, run_epoch, perm, total, log) -> Callable[[], None] | None:
         return graph.replay
     except RuntimeError as exc:  # a driver or capture limitation: train eagerly instead
         _restore(model, saved)
-        log(f"CUDA graph capture failed ({str(exc).splitlines()[0]}); training eagerly")
+        log(f"CUDA graph capture failed ({first_line(exc)}); training eagerly")
         return None
 
 
