@@ -1,16 +1,19 @@
-"""Per-epoch training checkpoints in the store, so a retried training task resumes.
+"""Training checkpoints in the store, so a retried training task resumes.
 
-    <store>/checkpoints/<run_id>/epoch-0003.safetensors
+    <store>/checkpoints/<run_id>/epoch-00000003.safetensors
 
-Each holds the weights, the optimizer's state (plain SGD keeps none), torch's global
-RNG state (it draws every epoch's shuffle) and the costs so far: with them a resumed
-run takes exactly the steps an uninterrupted one takes. safetensors, no pickle.
+Written as often as `--checkpoint-every` says (a clock, not every epoch: a GPU epoch
+takes milliseconds and must not wait on storage). Each holds the weights, torch's
+global RNG state (it draws every epoch's shuffle) and the costs so far: with them a
+resumed run takes exactly the steps an uninterrupted one takes (plain SGD keeps no
+optimizer state). safetensors, no pickle.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,7 +29,9 @@ class Checkpoint:
     epoch_costs: list[float]
     weights: dict[str, np.ndarray]
     rng_state: np.ndarray  # torch's global CPU generator state, uint8
-    optimizer_state: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+_NAME = re.compile(r"epoch-(\d+)\.safetensors$")
 
 
 def folder(run_id: str) -> str:
@@ -35,19 +40,22 @@ def folder(run_id: str) -> str:
 
 def save(store: Store, run_id: str, ckpt: Checkpoint) -> str:
     arrays = {f"weights.{k}": v for k, v in ckpt.weights.items()}
-    arrays |= {f"optimizer.{k}": v for k, v in ckpt.optimizer_state.items()}
     arrays["rng_state"] = np.asarray(ckpt.rng_state, dtype=np.uint8)
     arrays["epoch_costs"] = np.asarray(ckpt.epoch_costs, dtype=np.float64)
     data = encode_tensors(arrays, {"run_id": run_id, "epoch": str(ckpt.epoch)})
-    return store.write_bytes(f"{folder(run_id)}/epoch-{ckpt.epoch:04d}.safetensors", data)
+    return store.write_bytes(f"{folder(run_id)}/epoch-{ckpt.epoch:08d}.safetensors", data)
 
 
 def latest(store: Store, run_id: str) -> Checkpoint | None:
     """The newest checkpoint of a run, or None when it has none."""
-    names = store.list(folder(run_id), ".safetensors")
-    if not names:
+    numbered = [
+        (int(m.group(1)), name)
+        for name in store.list(folder(run_id), ".safetensors")
+        if (m := _NAME.search(name))
+    ]
+    if not numbered:
         return None
-    relpath = names[-1]  # epoch-NNNN sorts by epoch
+    relpath = max(numbered)[1]  # by the number, not the name: any epoch count, any padding
     arrays = decode_tensors(store.read_bytes(relpath), store.uri(relpath))
     weights = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("weights.")}
     if {k: v.shape for k, v in weights.items()} != WEIGHT_SHAPES or "rng_state" not in arrays:
@@ -58,19 +66,7 @@ def latest(store: Store, run_id: str) -> Checkpoint | None:
         epoch_costs=costs,
         weights=weights,
         rng_state=arrays["rng_state"],
-        optimizer_state={
-            k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("optimizer.")
-        },
     )
-
-
-def costs(store: Store, run_id: str) -> list[float]:
-    """The epoch costs of a run's newest checkpoint, for progress; [] if none can be read."""
-    try:
-        ckpt = latest(store, run_id)
-    except (StoreError, KeyError):  # an odd file there: no progress line, not an error
-        return []
-    return ckpt.epoch_costs if ckpt else []
 
 
 def clear(store: Store, run_id: str) -> None:

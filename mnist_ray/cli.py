@@ -8,23 +8,18 @@ mnist-ray show                         # the random sample, drawn in the termina
 
 from __future__ import annotations
 
-import functools
-import json
 import math
-import sys
-import time
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from mnist_ray import __version__, jobs
 from mnist_ray.config import MAX_SHARDS, ConfigError, EvalConfig, TrainConfig, check_id
-from mnist_ray.data import DataError
-from mnist_ray.store import DEFAULT_STORE, Store, StoreError, new_id, now
+from mnist_ray.store import DEFAULT_STORE, Store
+from mnist_ray.ui import err, fail, friendly, out, to_json
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -35,10 +30,6 @@ app = typer.Typer(
 submit_app = typer.Typer(no_args_is_help=True, help="Submit a job: `mnist-ray submit train`.")
 app.add_typer(submit_app, name="submit")
 app.add_typer(jobs.app, name="jobs")
-
-# Piped output gets wide lines rather than tables folded to rich's 80-column default.
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class Dataset(StrEnum):
@@ -95,34 +86,6 @@ AddressOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout.")]
 
 
-def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]Error:[/] {message}", markup=True)
-    raise typer.Exit(code)
-
-
-def friendly(fn):
-    """One idiom for failures: a user's mistake or a runtime failure is one line, no traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from mnist_ray.cluster import ClusterError  # imports ray: only when a command runs
-
-        try:
-            return fn(*args, **kwargs)
-        except ConfigError as exc:
-            raise typer.BadParameter(exc.message, param_hint=f"'{exc.option}'") from None
-        except (DataError, StoreError, ClusterError) as exc:
-            _fail(str(exc))
-        except KeyboardInterrupt:
-            _fail("interrupted: the Ray tasks were cancelled and nothing was written.", 130)
-
-    return wrapper
-
-
-def _json(row: dict) -> str:
-    return json.dumps(row, default=lambda v: v.isoformat() if hasattr(v, "isoformat") else str(v))
-
-
 # ---- submit train -----------------------------------------------------------------------------
 
 
@@ -145,6 +108,14 @@ def submit_train(
     gpus: Annotated[
         Gpus, typer.Option(help="auto: a GPU if the cluster has one; 1: require one; 0: CPU.")
     ] = Gpus.auto,
+    checkpoint_every: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=86_400,
+            help="Seconds between checkpoints a retried task resumes from; 0: every epoch.",
+        ),
+    ] = 60.0,
     wait: Annotated[
         bool, typer.Option(help="With an http:// address: follow the job to its end.")
     ] = True,
@@ -163,9 +134,13 @@ def submit_train(
 
     images, labels = data.load(cfg.dataset, "train", data_dir)
     target.check_writable()  # fail now, not after 15 epochs
-    row = train_and_store(cfg, images, labels, target, address, gpus.value)
+    from mnist_ray.cluster import train_and_store
+
+    row = train_and_store(
+        cfg, images, labels, target, address, gpus.value, checkpoint_every, log=err.print
+    )
     if as_json:
-        print(_json(row))
+        print(to_json(row))
     else:
         out.print(
             f"run {row['run_id']}: {row['epochs']} epochs on {row['device']} "
@@ -181,39 +156,6 @@ def _peak(row: dict) -> str:
     if row.get("gpu_peak_mib") is not None:
         text += f" + {row['gpu_peak_mib']:.0f} MiB on the GPU"
     return text
-
-
-def train_and_store(cfg, images, labels, store: Store, address, gpus: str) -> dict:
-    """Run training on Ray and write its weights and run row; returns the row."""
-    import ray
-
-    from mnist_ray import checkpoints
-    from mnist_ray.cluster import connect, train_on_ray
-
-    run_id = new_id("run")
-    err.print(f"Training {cfg.dataset} for {cfg.epochs} epochs as run {run_id} ...")
-    try:
-        with connect(address, log=err.print):
-            outcome = train_on_ray(cfg, images, labels, store, run_id, gpus, log=err.print)
-    except BaseException:  # failed or interrupted: no run, so its checkpoints can't resume
-        checkpoints.clear(store, run_id)
-        raise
-    weights_uri, sha = store.write_weights(run_id, outcome["weights"])
-    row = {
-        "run_id": run_id,
-        "created_at": now(),
-        **cfg.to_dict(),
-        **{k: outcome[k] for k in ("device", "node_id", "hostname", "gpu_ids", "cuda_graph")},
-        **{k: outcome[k] for k in ("epoch_costs", "train_seconds", "torch_version")},
-        **{k: outcome[k] for k in ("peak_rss_mib", "gpu_peak_mib")},
-        "attempts": 1 + (outcome["resumed_from_epoch"] > 0),
-        "weights_uri": weights_uri,
-        "weights_sha256": sha,
-        "ray_version": ray.__version__,
-    }
-    store.write_row("runs", row)
-    checkpoints.clear(store, run_id)
-    return row
 
 
 # ---- evaluate ---------------------------------------------------------------------------------
@@ -250,37 +192,14 @@ def evaluate(
     found = target.find_run(run)
     weights = target.read_weights(found)
     from mnist_ray import data
-    from mnist_ray.cluster import connect, evaluate_on_ray
-    from mnist_ray.evaluate import sample_index
+    from mnist_ray.cluster import evaluate_and_store
 
     images, labels = data.load(found["dataset"], "test", data_dir)
     target.check_writable()
-    sample = sample_index(found["seed"], len(labels))
-    err.print(f"Evaluating run {found['run_id']} on {shards} shard(s) ...")
-    started = time.perf_counter()
-    with connect(address, log=err.print):
-        merged = evaluate_on_ray(weights, images, labels, shards, sample, log=err.print)
-    s = merged["sample"]
-    row = {
-        "eval_id": new_id("eval"),
-        "run_id": found["run_id"],
-        "created_at": now(),
-        "dataset": found["dataset"],
-        "shards": shards,
-        **{k: merged[k] for k in ("accuracy", "correct", "total", "per_class_accuracy")},
-        "confusion": merged["confusion"],
-        "sample_index": s["index"],
-        "sample_label": s["label"],
-        "sample_prediction": s["prediction"],
-        "sample_probabilities": s["probabilities"],
-        "sample_pixels": s["pixels"],
-        "eval_seconds": time.perf_counter() - started,
-        "node_ids": merged["node_ids"],
-        "shard_peak_rss_mib": merged["shard_peak_rss_mib"],
-    }
-    target.write_row("evaluations", row)
+    row = evaluate_and_store(found, weights, images, labels, target, address, shards, err.print)
+    s = {k: row[f"sample_{k}"] for k in ("index", "label", "prediction", "probabilities")}
     if as_json:
-        print(_json(row))
+        print(to_json(row))
     else:
         p = s["probabilities"]
         out.print(
@@ -309,7 +228,7 @@ def results(store: StoreOpt = DEFAULT_STORE, as_json: JsonOpt = False) -> None:
     for path, problem in bad_runs + bad_evals:
         err.print(f"[yellow]Skipped[/] {path}: {problem}", markup=True)
     if as_json:
-        print(_json({"runs": runs, "evaluations": evals}))
+        print(to_json({"runs": runs, "evaluations": evals}))
         return
     table = Table(title=f"runs in {target.location}", title_justify="left")
     for col in ("run_id", "created", "dataset", "epochs", "device", "final cost", "seconds"):
@@ -363,7 +282,7 @@ def show(
         evals = [e for e in evals if e["eval_id"] == eval_id or e["eval_id"].startswith(eval_id)]
     if not evals:
         what = f"no evaluation {eval_id}" if eval_id else "no evaluations yet"
-        _fail(f"{what} in {store}; run `mnist-ray evaluate` first")
+        fail(f"{what} in {store}; run `mnist-ray evaluate` first")
     e = evals[-1]
     pixels = np.asarray(e["sample_pixels"], dtype=np.uint8).reshape(28, 28)
     out.print(f"evaluation {e['eval_id']}, test image {e['sample_index']}")
@@ -407,7 +326,7 @@ def write_png(pixels, path: Path, title: str) -> None:
         fig.savefig(path, dpi=100, bbox_inches="tight")
         plt.close(fig)
     except OSError as exc:
-        _fail(f"--png {path}: {exc.strerror or exc}")
+        fail(f"--png {path}: {exc.strerror or exc}")
 
 
 @app.callback(invoke_without_command=True)

@@ -29,15 +29,22 @@ import ray
 
 from mnist_ray import checkpoints
 from mnist_ray.config import TrainConfig, first_line
-from mnist_ray.evaluate import evaluate_shard, merge, shard_bounds
-from mnist_ray.store import Store
+from mnist_ray.errors import ClusterError, token_error
+from mnist_ray.evaluate import evaluate_shard, merge, sample_index, shard_bounds
+from mnist_ray.store import Store, new_id, now
 
 RETRIES = 3  # Ray re-runs a task whose worker or node died, this many times
+CHECKPOINT_EVERY = 60.0  # seconds between training checkpoints; 0: after every epoch
 FAULTS = "MNIST_RAY_FAULTS"  # fault injection for tests: a folder of tokens, see _fault
 
-
-class ClusterError(RuntimeError):
-    """Ray could not be reached or cannot run the job; the message says what to do."""
+__all__ = [
+    "ClusterError",
+    "connect",
+    "evaluate_and_store",
+    "evaluate_on_ray",
+    "train_and_store",
+    "train_on_ray",
+]
 
 
 def _say(line: str) -> None:
@@ -128,8 +135,6 @@ def _token_alone_is_enough() -> None:
 def _connect_error(address: str | None, exc: BaseException, said: str) -> Exception:
     where = address or "a local Ray instance"
     if "InvalidAuthToken" in said or "Unauthenticated" in said:
-        from mnist_ray.jobs import token_error  # late: jobs imports typer, workers needn't
-
         return token_error(where, os.environ.get("RAY_AUTH_MODE", "").lower() != "token")
     return ClusterError(f"--address {where}: could not connect ({first_line(exc)})")
 
@@ -179,12 +184,26 @@ def _gather(refs: list, what: str, tick: Callable[[int], None] | None = None):
                 tick(done)
         return ray.get(refs)
     except KeyboardInterrupt:
-        for ref in refs:
-            ray.cancel(ref, force=True, recursive=True)
+        _cancel(refs, refs)
         raise
     except ray.exceptions.RayError as exc:
-        cause = getattr(exc, "cause", None) or exc
-        raise ClusterError(f"{what} failed after {RETRIES} retries: {first_line(cause)}") from None
+        raise _failure(what, exc) from None
+
+
+def _cancel(tasks: list, done: list, timeout: float = 30) -> None:
+    """Cancel tasks (refs or streaming generators) and wait until Ray says they ended, so
+    that none is still writing when the caller tidies up after it."""
+    for task in tasks:
+        ray.cancel(task, force=True, recursive=True)
+    ray.wait(done, num_returns=len(done), timeout=timeout)
+
+
+def _failure(what: str, exc: ray.exceptions.RayError) -> ClusterError:
+    """One line for a stage that failed. An exception raised by the task itself (a bad
+    file, a bug) is never retried by Ray, so only a lost worker or node says "retries"."""
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        return ClusterError(f"{what} failed: {first_line(exc.cause or exc)}")
+    return ClusterError(f"{what} failed after {RETRIES} retries: {first_line(exc)}")
 
 
 def peak_rss_mib() -> float:
@@ -231,42 +250,71 @@ def _fault(stage: str) -> None:
 # ---- training ---------------------------------------------------------------------------------
 
 
-def _train_task(
-    cfg: dict, images: np.ndarray, labels: np.ndarray, store: str, run_id: str, use_gpu: bool
-) -> dict:
+def training_stream(
+    cfg: dict,
+    images: np.ndarray,
+    labels: np.ndarray,
+    store: str,
+    run_id: str,
+    use_gpu: bool,
+    checkpoint_every: float = CHECKPOINT_EVERY,
+) -> Iterator[dict]:
+    """The training task: a plain generator, run by Ray as a streaming generator task.
+
+    Yields {"epoch", "cost", "seconds"} as each epoch completes, then {"outcome": ...}
+    (weights, costs, where it ran). Writes a checkpoint when `checkpoint_every` seconds
+    have passed since the last one (0: after every epoch), never after the last epoch,
+    whose weights the driver stores anyway. A retried attempt resumes from the newest
+    checkpoint and first yields again the epochs it restored: Ray hands the caller a
+    retry's yields by position, dropping those it already has, so every attempt must
+    yield epoch i at position i."""
     _fault("train")
     import torch
 
-    from mnist_ray.train import pick_device, train
+    from mnist_ray.train import Training, pick_device
 
     config = TrainConfig(**cfg)
     target = Store(store)
     resume = checkpoints.latest(target, run_id)  # set when Ray retries a killed attempt
-    result = train(
-        config,
-        images,
-        labels,
-        pick_device(use_gpu),
-        resume=resume,
-        on_epoch=lambda ckpt: checkpoints.save(target, run_id, ckpt),
-    )
-    return {
-        "weights": result.weights,
-        "epoch_costs": result.epoch_costs,
-        "train_seconds": result.seconds,
-        "device": result.device,
-        "cuda_graph": result.cuda_graph,
-        "resumed_from_epoch": resume.epoch if resume else 0,
-        "torch_version": str(torch.__version__),  # a str subclass: unpickling it imports torch
-        "peak_rss_mib": peak_rss_mib(),
-        "gpu_peak_mib": (
-            torch.cuda.max_memory_allocated() / 2**20 if result.device.startswith("cuda") else None
-        ),
-        **_where(),
+    run = Training(config, images, labels, pick_device(use_gpu), resume=resume)
+    for epoch, cost in enumerate(run.epoch_costs, 1):
+        yield {"epoch": epoch, "cost": cost, "seconds": None}  # restored, not trained again
+    saved_at = time.monotonic()
+    for epoch in run:
+        if epoch.epoch < config.epochs and time.monotonic() - saved_at >= checkpoint_every:
+            checkpoints.save(target, run_id, run.checkpoint())
+            saved_at = time.monotonic()
+        yield {"epoch": epoch.epoch, "cost": epoch.cost, "seconds": epoch.seconds}
+    result = run.result()
+    yield {
+        "outcome": {
+            "weights": result.weights,
+            "epoch_costs": result.epoch_costs,
+            "train_seconds": result.seconds,
+            "device": result.device,
+            "cuda_graph": result.cuda_graph,
+            "resumed_from_epoch": resume.epoch if resume else 0,
+            "torch_version": str(torch.__version__),  # a str subclass: unpickling imports torch
+            "peak_rss_mib": peak_rss_mib(),
+            "gpu_peak_mib": (
+                torch.cuda.max_memory_allocated() / 2**20
+                if result.device.startswith("cuda")
+                else None
+            ),
+            **_where(),
+        }
     }
 
 
-train_task = ray.remote(num_cpus=1, max_retries=RETRIES)(_train_task)
+train_task = ray.remote(num_cpus=1, max_retries=RETRIES)(training_stream)
+
+
+def _warm_up() -> None:
+    """Import what the training task needs, in a worker that will then be idle and reused."""
+    import mnist_ray.train  # noqa: F401 - torch, the import that costs seconds
+
+
+warm_task = ray.remote(num_cpus=1, max_retries=0)(_warm_up)
 
 
 def gpu_request(gpus: str, log: Callable[[str], None] = _say) -> int:
@@ -296,23 +344,78 @@ def train_on_ray(
     run_id: str,
     gpus: str = "auto",
     log: Callable[[str], None] = _say,
+    checkpoint_every: float = CHECKPOINT_EVERY,
 ) -> dict:
-    """Run the training task and return what it reports (weights, costs, where it ran)."""
+    """Run the training task, print each epoch as it streams in; return its outcome."""
     num_gpus = gpu_request(gpus, log)
-    ref = train_task.options(num_gpus=num_gpus, name=f"train {run_id}").remote(
-        cfg.to_dict(), ray.put(images), ray.put(labels), store.location, run_id, num_gpus > 0
-    )
-    shown: list[float] = []
-
-    def show(costs: list[float]) -> None:
-        for epoch in range(len(shown), len(costs)):
-            log(f"Epoch: {epoch + 1:04d} cost = {costs[epoch]:.9f}")
-        shown[:] = costs
-
-    # Each epoch's checkpoint lands in the store as the task goes: show its cost live.
-    (outcome,) = _gather([ref], "training", tick=lambda _: show(checkpoints.costs(store, run_id)))
-    show(outcome["epoch_costs"])
+    # A worker starts and imports torch while this driver uploads the data.
+    warm_task.options(num_gpus=num_gpus, name="warm up").remote()
+    stream = train_task.options(
+        num_returns="streaming", num_gpus=num_gpus, name=f"train {run_id}"
+    ).remote(
+        cfg.to_dict(), ray.put(images), ray.put(labels), store.location, run_id, num_gpus > 0,
+        checkpoint_every,
+    )  # fmt: skip
+    outcome = None
+    try:
+        for ref in stream:
+            item = ray.get(ref)
+            if "outcome" in item:
+                outcome = item["outcome"]
+            else:
+                log(f"Epoch: {item['epoch']:04d} cost = {item['cost']:.9f}")
+    except KeyboardInterrupt:
+        _cancel([stream], [stream.completed()])
+        raise
+    except ray.exceptions.RayError as exc:
+        raise _failure("training", exc) from None
     return outcome
+
+
+def store_run(store: Store, run_id: str, cfg: TrainConfig, outcome: dict, **extra) -> dict:
+    """Write a trained run's weights, then its row (the row last: it is what readers see)."""
+    weights_uri, sha = store.write_weights(run_id, outcome["weights"])
+    row = {
+        "run_id": run_id,
+        "created_at": now(),
+        **cfg.to_dict(),
+        **{k: outcome[k] for k in ("device", "node_id", "hostname", "gpu_ids", "cuda_graph")},
+        **{k: outcome[k] for k in ("epoch_costs", "train_seconds", "torch_version")},
+        **{k: outcome[k] for k in ("peak_rss_mib", "gpu_peak_mib")},
+        "attempts": 1 + (outcome["resumed_from_epoch"] > 0),
+        "weights_uri": weights_uri,
+        "weights_sha256": sha,
+        "ray_version": ray.__version__,
+        **extra,
+    }
+    store.write_row("runs", row)
+    return row
+
+
+def train_and_store(
+    cfg: TrainConfig,
+    images: np.ndarray,
+    labels: np.ndarray,
+    store: Store,
+    address: str | None,
+    gpus: str = "auto",
+    checkpoint_every: float = CHECKPOINT_EVERY,
+    log: Callable[[str], None] = _say,
+) -> dict:
+    """`submit train`: connect, train on Ray, store weights and the run row; returns the row.
+    A failed or interrupted run leaves no row, and its checkpoints are deleted (a run
+    that is not stored can't be resumed)."""
+    run_id = new_id("run")
+    log(f"Training {cfg.dataset} for {cfg.epochs} epochs as run {run_id} ...")
+    try:
+        with connect(address, log=log):
+            outcome = train_on_ray(cfg, images, labels, store, run_id, gpus, log, checkpoint_every)
+    except BaseException:
+        checkpoints.clear(store, run_id)
+        raise
+    row = store_run(store, run_id, cfg, outcome)
+    checkpoints.clear(store, run_id)
+    return row
 
 
 # ---- evaluation -------------------------------------------------------------------------------
@@ -355,3 +458,41 @@ def evaluate_on_ray(
     merged["node_ids"] = sorted({p["node_id"] for p in parts})
     merged["shard_peak_rss_mib"] = max(p["peak_rss_mib"] for p in parts)
     return merged
+
+
+def evaluate_and_store(
+    run: dict,
+    weights: dict[str, np.ndarray],
+    images: np.ndarray,
+    labels: np.ndarray,
+    store: Store,
+    address: str | None,
+    shards: int,
+    log: Callable[[str], None] = _say,
+) -> dict:
+    """`evaluate`: connect, evaluate the run's weights on Ray, write the evaluation row."""
+    sample = sample_index(run["seed"], len(labels))
+    log(f"Evaluating run {run['run_id']} on {shards} shard(s) ...")
+    started = time.perf_counter()
+    with connect(address, log=log):
+        merged = evaluate_on_ray(weights, images, labels, shards, sample, log=log)
+    s = merged["sample"]
+    row = {
+        "eval_id": new_id("eval"),
+        "run_id": run["run_id"],
+        "created_at": now(),
+        "dataset": run["dataset"],
+        "shards": shards,
+        **{k: merged[k] for k in ("accuracy", "correct", "total", "per_class_accuracy")},
+        "confusion": merged["confusion"],
+        "sample_index": s["index"],
+        "sample_label": s["label"],
+        "sample_prediction": s["prediction"],
+        "sample_probabilities": s["probabilities"],
+        "sample_pixels": s["pixels"],
+        "eval_seconds": time.perf_counter() - started,
+        "node_ids": merged["node_ids"],
+        "shard_peak_rss_mib": merged["shard_peak_rss_mib"],
+    }
+    store.write_row("evaluations", row)
+    return row

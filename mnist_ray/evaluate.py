@@ -5,11 +5,12 @@
              for start, stop in shard_bounds(len(labels), 4)]
     merge(parts)["accuracy"]        # 0.9226 for the tutorial's weights
 
-Plain numpy, so a shard worker never imports torch (seconds on a small CPU). Test
-pixels are scaled to 0..1 exactly as in training (the tutorial fed them as 0..255 and
-printed 0.8883; the right figure is 0.9226). Logits are computed in float64, so an
-image's prediction does not depend on how many others share its matrix product:
-every shard count gives the same counts.
+The scores are the model's own forward (model.py), run on numpy so that a shard
+worker never imports torch (seconds on a small CPU). Test pixels are scaled to 0..1
+exactly as in training (the tutorial fed them as 0..255 and printed 0.8883; the right
+figure is 0.9226). Logits are computed in float64, so an image's prediction does not
+depend on how many others share its matrix product: every shard count gives the same
+counts.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import random
 import numpy as np
 
 from mnist_ray.config import NUM_CLASSES
+from mnist_ray.model import numpy_logits as logits
 
 
 def shard_bounds(total: int, shards: int) -> list[tuple[int, int]]:
@@ -32,13 +34,6 @@ def sample_index(seed: int, total: int) -> int:
     """The tutorial's random sample: `random.randint(0, total - 1)` right after
     `random.seed(seed)` (training draws nothing from Python's RNG in between)."""
     return random.Random(seed).randint(0, total - 1)
-
-
-def logits(weights: dict[str, np.ndarray], images: np.ndarray) -> np.ndarray:
-    x = images.reshape(len(images), -1).astype(np.float64) / 255.0
-    w = np.asarray(weights["weight"], dtype=np.float64)
-    b = np.asarray(weights["bias"], dtype=np.float64)
-    return x @ w.T + b
 
 
 def softmax(z: np.ndarray) -> np.ndarray:

@@ -17,7 +17,6 @@ with RAY_AUTH_MODE=token; RAY_AUTH_TOKEN alone is enough here.
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import shlex
 import sys
@@ -29,17 +28,11 @@ from urllib.parse import urlsplit
 import typer
 
 from mnist_ray.config import first_line
+from mnist_ray.errors import ClusterError, token_error
+from mnist_ray.ui import friendly
 
-STRIPPED = {"--address": True, "--wait": False, "--no-wait": False, "--store": True}
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 SETTLE_SECONDS = 30  # after the log stream ends, how long to wait for a terminal status
-
-
-def _error(message: str) -> Exception:
-    """A ClusterError (one line, exit 1), imported late: mnist_ray.cluster imports Ray."""
-    from mnist_ray.cluster import ClusterError as error
-
-    return error(message)
 
 
 def _say(line: str) -> None:
@@ -75,19 +68,10 @@ def command_argv(ctx) -> list[str]:
 
 
 def entrypoint(argv: list[str], store: str) -> str:
-    """`mnist-ray <argv>` for the cluster: no --address/--wait/--no-wait, the store explicit
-    (it may have come from $MNIST_RAY_STORE, which the job would not see)."""
-    kept, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        name = arg.split("=", 1)[0]
-        if name in STRIPPED:
-            skip = STRIPPED[name] and "=" not in arg
-            continue
-        kept.append(arg)
-    return shlex.join(["mnist-ray", *kept, "--store", store])
+    """`mnist-ray <argv>` for the cluster, the store explicit (it may have come from
+    $MNIST_RAY_STORE, which the job would not see). `command_argv` already left out
+    what only the client uses (--address, --wait/--no-wait, --store)."""
+    return shlex.join(["mnist-ray", *argv, "--store", store])
 
 
 def check_shared_store(store: str) -> None:
@@ -95,7 +79,7 @@ def check_shared_store(store: str) -> None:
     credentials in a URI would be shown to anyone who can list the cluster's jobs."""
     if "://" in store:
         if urlsplit(store).password is not None:
-            raise _error(
+            raise ClusterError(
                 "--store: the URI holds a secret, which the job's entrypoint would show to "
                 "anyone who can list jobs; give the cluster its credentials through its "
                 "environment (AWS_ACCESS_KEY_ID, ... or an instance role) instead"
@@ -103,7 +87,7 @@ def check_shared_store(store: str) -> None:
         return
     if os.path.isabs(os.path.expanduser(store)):
         return
-    raise _error(
+    raise ClusterError(
         f"--store {store}: with a remote --address the store must be shared storage, "
         "a URI (s3://bucket/prefix) or an absolute path every Ray node sees, "
         "not a folder relative to this machine"
@@ -122,17 +106,6 @@ def _headers() -> dict[str, str] | None:
     return None
 
 
-def token_error(address: str, wanted: bool) -> Exception:
-    """The one line for a token problem, whether the Jobs API or the GCS said it: none was
-    sent (`wanted`) or the one sent was wrong."""
-    if wanted:
-        return _error(
-            f"--address {address}: the cluster wants a Ray token; set RAY_AUTH_TOKEN "
-            "(or RAY_AUTH_MODE=token with RAY_AUTH_TOKEN_PATH) to the cluster's token"
-        )
-    return _error(f"--address {address}: the cluster refused the Ray token given")
-
-
 def _auth_error(address: str, exc: BaseException) -> Exception:
     return token_error(address, "Authentication required" in str(exc) or "401" in str(exc))
 
@@ -147,7 +120,7 @@ def client(address: str):
     except AuthenticationError as exc:
         raise _auth_error(address, exc) from None
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise _error(
+        raise ClusterError(
             f"--address {address}: no Ray Jobs API answers there ({first_line(exc)}); "
             "is the head running and its dashboard port right (default 8265)?"
         ) from None
@@ -162,7 +135,7 @@ def _call(address: str, what: str, fn, *args):
     except AuthenticationError as exc:
         raise _auth_error(address, exc) from None
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise _error(f"{what}: {first_line(exc)}") from None
+        raise ClusterError(f"{what}: {first_line(exc)}") from None
 
 
 # ---- submit, follow, report -------------------------------------------------------------------
@@ -263,20 +236,8 @@ def _remote(address: str) -> str:
     return address
 
 
-def _friendly(fn):
-    """cli.friendly, looked up when the command runs (cli.py imports this module)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from mnist_ray.cli import friendly
-
-        return friendly(fn)(*args, **kwargs)
-
-    return wrapper
-
-
 @app.command()
-@_friendly
+@friendly
 def status(job_id: JobId, address: Address = "http://127.0.0.1:8265") -> None:
     """Print a job's status (and why it ended, if it did); exit 0 unless it failed or stopped.
 
@@ -293,7 +254,7 @@ def status(job_id: JobId, address: Address = "http://127.0.0.1:8265") -> None:
 
 
 @app.command()
-@_friendly
+@friendly
 def logs(
     job_id: JobId,
     address: Address = "http://127.0.0.1:8265",
@@ -316,12 +277,12 @@ def logs(
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     except Exception as exc:
-        raise _error(f"job {job_id}: log stream ended early ({first_line(exc)})") from None
+        raise ClusterError(f"job {job_id}: log stream ended early ({first_line(exc)})") from None
     raise typer.Exit(outcome(final_status(c, address, job_id), job_id, _say))
 
 
 @app.command()
-@_friendly
+@friendly
 def stop(job_id: JobId, address: Address = "http://127.0.0.1:8265") -> None:
     """Ask Ray to stop a job (its tasks are cancelled; what it already stored stays).
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import secrets
 import uuid
@@ -115,7 +114,6 @@ class Store:
         except (pa.ArrowException, ValueError, OSError) as exc:
             raise StoreError(f"--store {self.location}: {first_line(exc)}") from None
         self.root = self.root.rstrip("/")
-        self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
 
     def __repr__(self) -> str:
         return f"Store({self.location!r})"
@@ -289,7 +287,3 @@ def decode_tensors(data: bytes, where: str) -> dict[str, np.ndarray]:
 def _quiet_delete(fs: pafs.FileSystem, path: str) -> None:
     with contextlib.suppress(OSError, pa.ArrowException):
         fs.delete_file(path)
-
-
-def to_json(row: dict) -> str:
-    return json.dumps(row, default=str)

@@ -3,20 +3,27 @@
     import torch
     from mnist_ray.config import TrainConfig
     from mnist_ray.data import load
-    from mnist_ray.train import train
+    from mnist_ray.train import Training, train
     images, labels = load("mnist", "train")
     result = train(TrainConfig(), images, labels, torch.device("cpu"))
     result.epoch_costs[-1]          # 0.274422765..., the tutorial's last printed cost
+
+    run = Training(TrainConfig(), images, labels, torch.device("cpu"))
+    for epoch in run:               # one Epoch(epoch, cost, seconds) as each completes
+        ckpt = run.checkpoint()     # the state to resume from, copied to the host on demand
+    run.result()
 
 With the tutorial's defaults this takes the tutorial's exact steps: the same initial
 weights, the same shuffled batches, the same SGD updates (tests/test_train.py runs the
 classic DataLoader loop beside it and compares the weights bit for bit). It is fast
 because the whole training set sits on the device as one float tensor and each batch
-is sliced from it by the epoch's permutation; there is no DataLoader and no per-image
-transform. Each step calls the very kernels autograd and SGD would call, in the same
-order, but directly (see `_step`): no graph to record, no optimizer bookkeeping. On a
-GPU each epoch's 600 steps are captured once as a CUDA graph and replayed, which
-removes the per-step launch overhead that dominates so small a model.
+is sliced from it by the epoch's permutation: no DataLoader, no per-image transform.
+The step is the familiar one (forward through the model, loss, gradients, SGD update)
+written with `torch.autograd.grad` and `add_`, which computes what `zero_grad`,
+`backward` and `optimizer.step()` compute without torch.optim, whose first call
+imports torch._dynamo (3 s on a small CPU). On a GPU each epoch's steps are captured
+once as a CUDA graph and replayed, which removes the per-step launch overhead that
+dominates so small a model.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import random
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,8 +43,6 @@ from mnist_ray.checkpoints import Checkpoint
 from mnist_ray.config import TrainConfig, first_line
 from mnist_ray.model import make_model
 
-aten = torch.ops.aten  # the kernels `_step` calls by name
-
 
 @dataclass
 class TrainResult:
@@ -46,6 +51,13 @@ class TrainResult:
     seconds: float  # the training loop alone, data on the device to weights back
     device: str  # e.g. "cpu" or "cuda:0 (NVIDIA H100 80GB HBM3)"
     cuda_graph: bool = False  # whether the epochs ran as a replayed CUDA graph
+
+
+@dataclass(frozen=True)
+class Epoch:
+    epoch: int  # 1-based, as the tutorial prints it
+    cost: float  # the epoch's average cost
+    seconds: float  # since training started (this attempt), for progress
 
 
 def pick_device(use_gpu: bool = True) -> torch.device:
@@ -70,6 +82,126 @@ def epoch_permutation(n: int) -> torch.Tensor:
     return torch.randperm(n, generator=generator)
 
 
+def sgd_step(model: nn.Module, criterion, x: torch.Tensor, y: torch.Tensor, lr: float):
+    """One step of plain SGD; returns the batch's cost (detached).
+
+    The same arithmetic, bit for bit, as the tutorial's `optimizer.zero_grad(); cost =
+    criterion(model(x), y); cost.backward(); optimizer.step()` with torch.optim.SGD
+    (no momentum, no weight decay: `param.add_(grad, alpha=-lr)`)."""
+    params = list(model.parameters())
+    cost = criterion(model(x), y)
+    grads = torch.autograd.grad(cost, params)
+    with torch.no_grad():
+        for param, grad in zip(params, grads, strict=True):
+            param.add_(grad, alpha=-lr)
+    return cost.detach()
+
+
+class Training:
+    """One training run: iterate it for its epochs; `checkpoint()` and `result()` read it."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        images: np.ndarray | torch.Tensor,
+        labels: np.ndarray | torch.Tensor,
+        device: torch.device,
+        *,
+        resume: Checkpoint | None = None,
+        log: Callable[[str], None] | None = None,
+        cuda_graph: bool = True,  # on a GPU: replay each epoch as one captured graph
+    ):
+        self.cfg = cfg.validate()
+        self.device = device
+        self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        random.seed(cfg.seed)  # the tutorial seeds both before anything else
+        torch.manual_seed(cfg.seed)
+        self.model = make_model()  # initial weights from the seeded CPU RNG, on every device
+        self.criterion = nn.CrossEntropyLoss()
+        self.started = time.perf_counter()
+        self.model.to(device)
+        n = len(images)
+        self.x = _tensor(images).to(device).reshape(n, -1).float().div_(255)  # ToTensor
+        self.y = _tensor(labels).to(device, torch.int64)
+        self.steps = n // cfg.batch_size  # drop_last: the tutorial's total_batch
+        if self.steps == 0:
+            raise ValueError(
+                f"--batch-size {cfg.batch_size} is larger than the {n} training images"
+            )
+        self.epoch_costs: list[float] = []
+        if resume is not None:
+            _load_checkpoint(self.model, resume)
+            self.epoch_costs = list(resume.epoch_costs)
+        self.perm = torch.empty(n, dtype=torch.int64, device=device)
+        self.total = torch.zeros((), device=device)
+        self.replay = None
+        if device.type == "cuda" and cuda_graph and len(self.epoch_costs) < cfg.epochs:
+            self.replay = self._capture()
+
+    def _epoch(self, count: int | None = None) -> None:
+        """The tutorial's inner loop over this epoch's permutation (`self.perm`)."""
+        b = self.cfg.batch_size
+        self.total.zero_()
+        for i in range(self.steps if count is None else count):
+            idx = self.perm[i * b : (i + 1) * b]
+            cost = sgd_step(
+                self.model, self.criterion, self.x.index_select(0, idx),
+                self.y.index_select(0, idx), self.cfg.lr,
+            )  # fmt: skip
+            self.total += cost / self.steps  # the tutorial's avg_cost
+
+    def __iter__(self) -> Iterator[Epoch]:
+        for epoch in range(len(self.epoch_costs), self.cfg.epochs):
+            self.perm.copy_(epoch_permutation(len(self.perm)))  # drawn on the CPU, as DataLoader
+            if self.replay is not None:
+                self.replay()
+            else:
+                self._epoch()
+            self.epoch_costs.append(self.total.item())
+            self.log(f"Epoch: {epoch + 1:04d} cost = {self.epoch_costs[-1]:.9f}")
+            yield Epoch(epoch + 1, self.epoch_costs[-1], time.perf_counter() - self.started)
+
+    def checkpoint(self) -> Checkpoint:
+        """The state after the epochs so far: enough to resume bit-identically."""
+        return Checkpoint(
+            epoch=len(self.epoch_costs),
+            epoch_costs=list(self.epoch_costs),
+            weights=_weights(self.model),
+            rng_state=torch.get_rng_state().numpy().copy(),
+        )
+
+    def result(self) -> TrainResult:
+        return TrainResult(
+            weights=_weights(self.model),
+            epoch_costs=list(self.epoch_costs),
+            seconds=time.perf_counter() - self.started,
+            device=describe(self.device),
+            cuda_graph=self.replay is not None,
+        )
+
+    def _capture(self) -> Callable[[], None] | None:
+        """Capture one whole epoch as a CUDA graph; None (eager fallback) if capture fails."""
+        saved = [p.detach().clone() for p in self.model.parameters()]
+        try:
+            # Warm up on a side stream (cuBLAS handles, the caching allocator, autograd's
+            # buffers), as the CUDA-graph recipe asks, then put the parameters back.
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self.perm.copy_(torch.arange(len(self.perm)))
+                self._epoch(3)
+            torch.cuda.current_stream().wait_stream(side)
+            _restore(self.model, saved)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._epoch()
+            return graph.replay
+        except RuntimeError as exc:  # a driver or capture limitation: train eagerly instead
+            _restore(self.model, saved)
+            self.log(f"CUDA graph capture failed ({first_line(exc)}); training eagerly")
+            return None
+
+
 def train(
     cfg: TrainConfig,
     images: np.ndarray | torch.Tensor,
@@ -81,115 +213,13 @@ def train(
     log: Callable[[str], None] | None = None,
     cuda_graph: bool = True,
 ) -> TrainResult:
-    """Train `cfg.epochs` epochs from the seed, or on from `resume`; call `on_epoch` after each."""
-    cfg.validate()
-    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
-    random.seed(cfg.seed)  # the tutorial seeds both before anything else
-    torch.manual_seed(cfg.seed)
-    model = make_model()  # initial weights from the seeded CPU RNG, on every device alike
-    started = time.perf_counter()
-    model.to(device)
-    n = len(images)
-    x = _tensor(images).to(device).reshape(n, -1).float().div_(255)  # ToTensor's scaling
-    y = _tensor(labels).to(device, torch.int64)
-    weight, bias = model.weight.detach(), model.bias.detach()  # updated in place
-    steps = n // cfg.batch_size  # drop_last: the tutorial's total_batch
-    if steps == 0:
-        raise ValueError(f"--batch-size {cfg.batch_size} is larger than the {n} training images")
-
-    costs: list[float] = []
-    first = 0
-    if resume is not None:
-        _load_checkpoint(model, resume)
-        costs, first = list(resume.epoch_costs), resume.epoch
-
-    def run_epoch(perm: torch.Tensor, total: torch.Tensor, count: int = steps) -> None:
-        total.zero_()
-        with torch.no_grad():
-            for i in range(count):
-                idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-                cost = _step(weight, bias, x.index_select(0, idx), y.index_select(0, idx), cfg.lr)
-                total += cost / steps  # the tutorial's avg_cost
-
-    perm = torch.empty(n, dtype=torch.int64, device=device)
-    total = torch.zeros((), device=device)
-    replay = None
-    if device.type == "cuda" and cuda_graph and first < cfg.epochs:
-        replay = _capture(model, run_epoch, perm, total, log)
-
-    for epoch in range(first, cfg.epochs):
-        perm.copy_(epoch_permutation(n))  # drawn on the CPU, as DataLoader does
-        if replay is not None:
-            replay()
-        else:
-            run_epoch(perm, total)
-        costs.append(total.item())
-        log(f"Epoch: {epoch + 1:04d} cost = {costs[-1]:.9f}")
+    """Train `cfg.epochs` epochs from the seed, or on from `resume`; `on_epoch` gets a
+    checkpoint after each epoch (a copy to the host: leave it out when not needed)."""
+    run = Training(cfg, images, labels, device, resume=resume, log=log, cuda_graph=cuda_graph)
+    for _ in run:
         if on_epoch is not None:
-            on_epoch(
-                Checkpoint(
-                    epoch=epoch + 1,
-                    epoch_costs=list(costs),
-                    weights=_weights(model),
-                    rng_state=torch.get_rng_state().numpy().copy(),
-                )
-            )
-    weights = _weights(model)
-    return TrainResult(
-        weights=weights,
-        epoch_costs=costs,
-        seconds=time.perf_counter() - started,
-        device=describe(device),
-        cuda_graph=replay is not None,
-    )
-
-
-def _step(
-    weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor, y: torch.Tensor, lr: float
-) -> torch.Tensor:
-    """One SGD step of the tutorial's model, loss and optimizer; returns the batch's cost.
-
-    Bit for bit what `optimizer.zero_grad(); cost = criterion(model(x), y);
-    cost.backward(); optimizer.step()` computes with nn.Linear, CrossEntropyLoss and
-    plain SGD: the same ATen kernels in the same order, the backward ones being those
-    autograd's nodes call (NllLossBackward, LogSoftmaxBackward, AddmmBackward's
-    grad.t().mm(x) for a column-major weight.t(), the bias gradient summed over the
-    batch, SGD's param.add_(grad, alpha=-lr)). Called directly, the step skips
-    recording a graph, the optimizer's hooks and bookkeeping, and the torch._dynamo
-    import that torch.optim's first call makes (3 s on a small CPU): about twice as fast
-    on the CPU, and trivially capturable in a CUDA graph.
-    """
-    logits = torch.addmm(bias, x, weight.t())  # nn.Linear on a 2-d input
-    log_p = torch.log_softmax(logits, 1)  # CrossEntropyLoss = log_softmax + nll_loss (mean)
-    cost, total_weight = aten.nll_loss_forward(log_p, y, None, 1, -100)
-    grad = aten.nll_loss_backward(torch.ones_like(cost), log_p, y, None, 1, -100, total_weight)
-    grad = aten._log_softmax_backward_data(grad, log_p, 1, log_p.dtype)
-    weight.add_(grad.t().mm(x), alpha=-lr)
-    bias.add_(grad.sum(0), alpha=-lr)
-    return cost
-
-
-def _capture(model, run_epoch, perm, total, log) -> Callable[[], None] | None:
-    """Capture one whole epoch as a CUDA graph; None (eager fallback) if capture fails."""
-    saved = [p.detach().clone() for p in model.parameters()]
-    try:
-        # Warm up on a side stream (cuBLAS handles, the caching allocator), as the
-        # CUDA-graph recipe asks, then put the parameters back exactly as they were.
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            perm.copy_(torch.arange(len(perm)))
-            run_epoch(perm, total, 3)
-        torch.cuda.current_stream().wait_stream(side)
-        _restore(model, saved)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            run_epoch(perm, total)
-        return graph.replay
-    except RuntimeError as exc:  # a driver or capture limitation: train eagerly instead
-        _restore(model, saved)
-        log(f"CUDA graph capture failed ({first_line(exc)}); training eagerly")
-        return None
+            on_epoch(run.checkpoint())
+    return run.result()
 
 
 def _tensor(array: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -37,8 +37,17 @@ def test_training_task_reports_where_it_ran(ray_local, mnist_train, tmp_path):
     assert outcome["device"] == "cpu" and outcome["gpu_ids"] == []
     assert outcome["node_id"] == ray_local.get_runtime_context().get_node_id()
     assert outcome["weights"]["weight"].shape == (10, 784)
-    # the task checkpointed each epoch into the store
-    assert (tmp_path / "checkpoints" / "run-t1" / "epoch-0001.safetensors").exists()
+    # progress came over Ray: the task wrote nothing to the store (a checkpoint waits 60 s)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_checkpoint_every_0_writes_one_per_epoch_but_the_last(ray_local, mnist_train, tmp_path):
+    train_on_ray(
+        TrainConfig(epochs=3), *mnist_train, Store(tmp_path), "run-c0", "0",
+        log=lambda _: None, checkpoint_every=0,
+    )  # fmt: skip
+    names = sorted(p.name for p in (tmp_path / "checkpoints" / "run-c0").iterdir())
+    assert names == ["epoch-00000001.safetensors", "epoch-00000002.safetensors"]
 
 
 def test_requiring_a_gpu_on_a_cpu_cluster_fails_at_once(ray_local):
@@ -123,7 +132,7 @@ def test_two_node_cluster_puts_training_on_the_gpu_node(mnist_train, mnist_test,
 
 
 def test_epochs_are_shown_live_once_each(ray_local, mnist_train, tmp_path):
-    """Costs appear while the task runs (read from its per-epoch checkpoints), each once."""
+    """Costs arrive over Ray as the task yields them, each once, in order."""
     lines: list[tuple[float, str]] = []
     outcome = train_on_ray(
         TrainConfig(epochs=6),
@@ -139,3 +148,41 @@ def test_epochs_are_shown_live_once_each(ray_local, mnist_train, tmp_path):
     ]
     shown_at = {round(t, 2) for t, line in lines if line.startswith("Epoch: ")}
     assert len(shown_at) > 1  # shown as they came, not all at once at the end
+    assert not (tmp_path / "checkpoints").exists()  # and not through the store
+
+
+def test_first_epoch_reaches_the_driver_while_training_goes_on(mnist_train, tmp_path):
+    """60 epochs on the GPU-declaring node of a two-node cluster: when the driver prints
+    epoch 1, the state API still shows the task RUNNING and no run is stored."""
+    import ray
+    from ray.cluster_utils import Cluster
+    from ray.util.state import list_tasks
+
+    if ray.is_initialized():
+        ray.shutdown()
+    loopback = {"node_ip_address": "127.0.0.1"}
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, **loopback})
+    stack = contextlib.ExitStack()
+    seen: dict[int, list] = {}
+
+    def log(line: str) -> None:
+        match = re.match(r"Epoch: (\d+) cost", line)
+        if match and match.group(1) == "0001":  # task events reach the state API within ~1 s
+            deadline = time.monotonic() + 20
+            while not seen.get(1) and time.monotonic() < deadline:
+                tasks = list_tasks(filters=[("name", "=", "train run-60")], timeout=30)
+                seen[1] = [t.state for t in tasks]
+
+    try:
+        gpu_node = cluster.add_node(num_cpus=1, num_gpus=1, **loopback)
+        stack.enter_context(connect(cluster.address))
+        cluster.wait_for_nodes()
+        outcome = train_on_ray(
+            TrainConfig(epochs=60), *mnist_train, Store(tmp_path), "run-60", "auto", log=log
+        )
+    finally:
+        stack.close()
+        cluster.shutdown()
+    assert outcome["node_id"] == gpu_node.node_id and len(outcome["epoch_costs"]) == 60
+    assert seen[1] == ["RUNNING"], seen  # epoch 1 arrived while the task went on
+    assert not (tmp_path / "checkpoints").exists()

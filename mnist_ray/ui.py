@@ -1,0 +1,51 @@
+"""What the commands share for talking to a person: the two consoles, one failure idiom.
+
+    from mnist_ray.ui import err, friendly
+    err.print("progress goes to stderr")     # results go to stdout (`out`, or print)
+
+Used by cli.py and jobs.py alike, so neither imports the other for it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import typer
+from rich.console import Console
+
+from mnist_ray.config import ConfigError
+from mnist_ray.data import DataError
+from mnist_ray.errors import ClusterError
+from mnist_ray.store import StoreError
+
+# Piped output gets wide lines rather than tables folded to rich's 80-column default.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]Error:[/] {message}", markup=True)
+    raise typer.Exit(code)
+
+
+def friendly(fn):
+    """One idiom for failures: a user's mistake or a runtime failure is one line, no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as exc:
+            raise typer.BadParameter(exc.message, param_hint=f"'{exc.option}'") from None
+        except (DataError, StoreError, ClusterError) as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            fail("interrupted: the Ray tasks were cancelled and nothing was written.", 130)
+
+    return wrapper
+
+
+def to_json(row: dict) -> str:
+    return json.dumps(row, default=lambda v: v.isoformat() if hasattr(v, "isoformat") else str(v))
