@@ -24,6 +24,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import torch
@@ -75,14 +76,25 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def cli(args: list[str], env: dict) -> tuple[float, float, dict]:
-    """Run `mnist-ray ARGS --json`: seconds, the driver's peak RSS in MiB, the stored row.
-    The driver's peak is read from /proc while it runs (VmHWM only grows): getrusage's
-    figure for a child would include this big process, which it was forked from."""
+def cli(args: list[str], env: dict) -> tuple[float, float, dict, list[tuple[float, str]]]:
+    """Run `mnist-ray ARGS --json`: seconds, the driver's peak RSS in MiB, the stored row,
+    and each stderr line with the second it arrived (where the time goes). The driver's
+    peak is read from /proc while it runs (VmHWM only grows): getrusage's figure for a
+    child would include this big process, which it was forked from."""
     started = time.perf_counter()
     proc = subprocess.Popen(
-        ["mnist-ray", *args, "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        ["mnist-ray", *args, "--json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        bufsize=1,
     )
+    lines: list[tuple[float, str]] = []
+    reader = threading.Thread(
+        target=lambda: lines.extend((time.perf_counter() - started, ln) for ln in proc.stderr)
+    )
+    reader.start()
     peak = 0.0
     while proc.poll() is None:
         try:
@@ -93,26 +105,29 @@ def cli(args: list[str], env: dict) -> tuple[float, float, dict]:
             pass
         time.sleep(0.02)
     elapsed = time.perf_counter() - started
-    stdout, stderr = proc.communicate()
+    stdout = proc.stdout.read()
+    reader.join()
     if proc.returncode != 0:
-        sys.exit(f"mnist-ray {' '.join(args)} failed:\n{stderr.decode()}")
-    return elapsed, peak, json.loads(stdout)
+        sys.exit(f"mnist-ray {' '.join(args)} failed:\n{''.join(ln for _, ln in lines)}")
+    return elapsed, peak, json.loads(stdout), lines
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", default=os.environ.get("MNIST_RAY_DATA"))
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--classic-epochs", type=int, default=None, help="default: --epochs")
-    parser.add_argument("--skip-cli", action="store_true")
-    args = parser.parse_args()
-    if not args.data_dir:
-        sys.exit("set --data-dir or MNIST_RAY_DATA to the folder holding MNIST/raw/")
-    device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"device: {name}; torch {torch.__version__}; threads {torch.get_num_threads()}")
+KEY_LINES = ("Training ", "Evaluating ", "Connecting ", "Connected ", "Epoch: 0001", "Epoch: 0015")
+LABELS = {"Epoch: 0001": "epoch 1", "Epoch: 0015": "epoch 15", "Training ": "data read"}
+LABELS |= {"Evaluating ": "run and data read", "Connecting ": "connecting"}
+LABELS |= {"Connected ": "connected", "Shards done": "all shards"}
 
+
+def timeline(lines: list[tuple[float, str]], total: float) -> str:
+    """Where the seconds went: when each of the driver's milestones reached its stderr."""
+    marks = [(t, LABELS[p]) for t, ln in lines for p in KEY_LINES if ln.startswith(p)]
+    marks += [(t, LABELS["Shards done"]) for t, ln in lines if ln.startswith("Shards done")][-1:]
+    marks.append((total, "exit"))
+    return "    " + ", ".join(f"{t:.2f} s {what}" for t, what in marks)
+
+
+def side_by_side(args, device: torch.device) -> None:
+    """The classic loop and ours, in this process, on the same data and device."""
     classic_epochs = args.classic_epochs or args.epochs
     ours_s, ours_costs, ours_device = ours(args.data_dir, device, args.epochs)
     if device.type == "cuda":
@@ -145,49 +160,82 @@ def main() -> None:
             f"peak RSS     : {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MiB "
             "(this process, both loops; the training set as float32 is 188 MB)"
         )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", default=os.environ.get("MNIST_RAY_DATA"))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--classic-epochs", type=int, default=None, help="default: --epochs")
+    parser.add_argument("--skip-cli", action="store_true")
+    parser.add_argument(
+        "--address-only", action="store_true", help="only the timings against a running head"
+    )
+    args = parser.parse_args()
+    if not args.data_dir:
+        sys.exit("set --data-dir or MNIST_RAY_DATA to the folder holding MNIST/raw/")
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device: {name}; torch {torch.__version__}; threads {torch.get_num_threads()}")
+
+    if not args.address_only:
+        side_by_side(args, device)
     if args.skip_cli or not shutil.which("mnist-ray"):
         return
     with tempfile.TemporaryDirectory() as store:
         env = dict(os.environ, MNIST_RAY_DATA=args.data_dir)
-        t, peak, run = cli(["submit", "train", "--store", store], env)
-        gpu = f" + {run['gpu_peak_mib']:.0f} MiB GPU" if run.get("gpu_peak_mib") else ""
-        print(
-            f"mnist-ray submit train       : {t:6.2f} s end to end; training {run['train_seconds']:.2f} s"
-            f" on {run['device']}, final cost {run['epoch_costs'][-1]:.9f}\n"
-            f"    peak RSS: driver {peak:.0f} MiB, training task {run['peak_rss_mib']:.0f} MiB{gpu}"
-        )
-        t, peak, ev = cli(["evaluate", "--shards", "4", "--store", store], env)
-        print(
-            f"mnist-ray evaluate --shards 4: {t:6.2f} s end to end; accuracy {ev['accuracy']:.4f}, "
-            f"sample {ev['sample_index']} label {ev['sample_label']} "
-            f"predicted {ev['sample_prediction']}\n"
-            f"    peak RSS: driver {peak:.0f} MiB, largest shard task {ev['shard_peak_rss_mib']:.0f} MiB"
-        )
-        t0 = time.perf_counter()
-        subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "import ray; ray.init(address='local', include_dashboard=False, "
-                "_node_ip_address='127.0.0.1', logging_level=40); ray.shutdown()",
-            ],
-            env=env,
-            capture_output=True,
-        )
-        print(f"for scale, a bare ray.init() + shutdown: {time.perf_counter() - t0:6.2f} s")
-
+        if not args.address_only:
+            embedded(store, env)
         if shutil.which("ray"):
-            with running_head(env) as (address, head_env):
-                where = ["--address", address, "--store", store]
-                t, _, run = cli(["submit", "train", *where], head_env)
-                print(f"against a running head ({address}):")
-                print(
-                    f"  submit train       : {t:6.2f} s end to end (training {run['train_seconds']:.2f} s)"
-                )
-                t, _, ev = cli(["evaluate", "--shards", "4", *where], head_env)
-                print(
-                    f"  evaluate --shards 4: {t:6.2f} s end to end (accuracy {ev['accuracy']:.4f})"
-                )
+            against_a_head(store, env)
+
+
+def embedded(store: str, env: dict) -> None:
+    """The CLI end to end, each command starting and stopping a Ray of its own."""
+    t, peak, run, lines = cli(["submit", "train", "--store", store], env)
+    gpu = f" + {run['gpu_peak_mib']:.0f} MiB GPU" if run.get("gpu_peak_mib") else ""
+    print(
+        f"mnist-ray submit train       : {t:6.2f} s end to end; training {run['train_seconds']:.2f} s"
+        f" on {run['device']}, final cost {run['epoch_costs'][-1]:.9f}\n"
+        f"    peak RSS: driver {peak:.0f} MiB, training task {run['peak_rss_mib']:.0f} MiB{gpu}"
+    )
+    print(timeline(lines, t))
+    t, peak, ev, lines = cli(["evaluate", "--shards", "4", "--store", store], env)
+    print(
+        f"mnist-ray evaluate --shards 4: {t:6.2f} s end to end; accuracy {ev['accuracy']:.4f}, "
+        f"sample {ev['sample_index']} label {ev['sample_label']} "
+        f"predicted {ev['sample_prediction']}\n"
+        f"    peak RSS: driver {peak:.0f} MiB, largest shard task {ev['shard_peak_rss_mib']:.0f} MiB"
+    )
+    print(timeline(lines, t))
+    t0 = time.perf_counter()
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import ray; ray.init(address='local', include_dashboard=False, "
+            "_node_ip_address='127.0.0.1', logging_level=40); ray.shutdown()",
+        ],
+        env=env,
+        capture_output=True,
+    )
+    print(f"for scale, a bare ray.init() + shutdown: {time.perf_counter() - t0:6.2f} s")
+
+
+def against_a_head(store: str, env: dict) -> None:
+    """The CLI end to end with --address: the way a cluster is normally used."""
+    with running_head(env) as (address, head_env):
+        where = ["--address", address, "--store", store]
+        t, _, run, lines = cli(["submit", "train", *where], head_env)
+        print(f"against a running head ({address}):")
+        print(
+            f"  submit train       : {t:6.2f} s end to end (training {run['train_seconds']:.2f} s)"
+        )
+        print(timeline(lines, t))
+        t, _, ev, lines = cli(["evaluate", "--shards", "4", *where], head_env)
+        print(f"  evaluate --shards 4: {t:6.2f} s end to end (accuracy {ev['accuracy']:.4f})")
+        print(timeline(lines, t))
 
 
 @contextlib.contextmanager
@@ -207,6 +255,15 @@ def running_head(env: dict):
     ]  # fmt: skip
     try:
         subprocess.run(start, env=head_env, check=True, capture_output=True, timeout=180)
+        # A cluster that is already running, as a user meets one: not the first seconds after
+        # `ray start` (agents still starting, workers prestarted for the first driver).
+        settle = (
+            f"import ray; ray.init(address='127.0.0.1:{port}', logging_level=40); ray.shutdown()"
+        )
+        subprocess.run(
+            [sys.executable, "-c", settle], env=head_env, capture_output=True, timeout=120
+        )
+        time.sleep(5)
         yield f"127.0.0.1:{port}", head_env
     finally:
         for pid in os.listdir("/proc"):

@@ -309,14 +309,6 @@ def training_stream(
 train_task = ray.remote(num_cpus=1, max_retries=RETRIES)(training_stream)
 
 
-def _warm_up() -> None:
-    """Import what the training task needs, in a worker that will then be idle and reused."""
-    import mnist_ray.train  # noqa: F401 - torch, the import that costs seconds
-
-
-warm_task = ray.remote(num_cpus=1, max_retries=0)(_warm_up)
-
-
 def gpu_request(gpus: str, log: Callable[[str], None] = _say) -> int:
     """How many GPUs the training task asks for: --gpus auto|0|1 against what the cluster has."""
     have = ray.cluster_resources().get("GPU", 0)
@@ -348,8 +340,6 @@ def train_on_ray(
 ) -> dict:
     """Run the training task, print each epoch as it streams in; return its outcome."""
     num_gpus = gpu_request(gpus, log)
-    # A worker starts and imports torch while this driver uploads the data.
-    warm_task.options(num_gpus=num_gpus, name="warm up").remote()
     stream = train_task.options(
         num_returns="streaming", num_gpus=num_gpus, name=f"train {run_id}"
     ).remote(

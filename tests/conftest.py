@@ -48,6 +48,19 @@ TUTORIAL_COSTS = [
 ]  # fmt: skip
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked gpu run only where torch sees CUDA."""
+    gpu_tests = [item for item in items if "gpu" in item.keywords]
+    if not gpu_tests:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="no CUDA device")
+        for item in gpu_tests:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     return Path(os.environ["MNIST_RAY_DATA"])

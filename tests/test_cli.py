@@ -50,7 +50,7 @@ def test_default_training_stores_the_tutorials_run(tutorial_store):
     stored = pq.read_table(store / "runs" / f"{row['run_id']}.parquet").to_pylist()
     assert stored[0]["epoch_costs"] == row["epoch_costs"]
     assert (store / "weights" / f"{row['run_id']}.safetensors").exists()
-    assert not (store / "checkpoints" / row["run_id"]).exists()  # tidied after success
+    assert not (store / "checkpoints").exists()  # 15 epochs in under 60 s: no checkpoint
 
 
 @pytest.mark.parametrize("shards", ["1", "4", "7"])

@@ -200,8 +200,10 @@ def test_killed_training_worker_resumes_bit_identically(local, train_split, tmp_
     killed_store.check_writable()
     got = {}
 
-    def killed():
-        got["row"] = cli.train_and_store(cfg, images, labels, killed_store, None, "auto")
+    def killed():  # --checkpoint-every 0: a checkpoint after each epoch to resume from
+        got["row"] = cluster.train_and_store(
+            cfg, images, labels, killed_store, None, checkpoint_every=0, log=lambda _: None
+        )
 
     def reference():  # the same task, uninterrupted, alongside on the other CPU
         got["ref"] = cluster.train_on_ray(cfg, images, labels, ref_store, "run-reference")
@@ -215,7 +217,7 @@ def test_killed_training_worker_resumes_bit_identically(local, train_split, tmp_
         lambda: local.tasks(name=f"train {run_dir.name}", state="RUNNING"),
         "the training task in the state API",
     )[0]
-    _wait(lambda: (run_dir / "epoch-0002.safetensors").exists(), "epoch 2", every=0.02)
+    _wait(lambda: (run_dir / "epoch-00000002.safetensors").exists(), "epoch 2", every=0.02)
     os.kill(task.worker_pid, signal.SIGKILL)
     for t in threads:
         t.join(timeout=240)
@@ -364,12 +366,14 @@ def test_node_lost_during_evaluation(local, test_split, tmp_path):
 
 def test_ctrl_c_cancels_the_training_task(local, tmp_path):
     store = tmp_path / "store"
-    proc = local.cli("submit", "train", "--epochs", "500", "--store", str(store))
+    proc = local.cli(
+        "submit", "train", "--epochs", "500", "--checkpoint-every", "0", "--store", str(store)
+    )
     try:
-        run_dir = _wait(
-            lambda: next((store / "checkpoints").glob("run-*/epoch-0001*"), None), "epoch 1"
+        first = _wait(
+            lambda: next((store / "checkpoints").glob("run-*/epoch-00000001*"), None), "epoch 1"
         )
-        run_id = run_dir.parent.name
+        run_id = first.parent.name
         task = _wait(
             lambda: local.tasks(name=f"train {run_id}", state="RUNNING"), "the running task"
         )[0]
@@ -385,6 +389,10 @@ def test_ctrl_c_cancels_the_training_task(local, tmp_path):
     _wait(lambda: not _alive(task.worker_pid), "the training worker to exit", 30)
     assert _parquet_files(store, "runs") == []
     assert list((store / "weights").glob("*")) == []
+    # The driver waited for the task to end before deleting its checkpoints, so no dying
+    # attempt wrote one after: the folder stays gone.
+    time.sleep(2)
+    assert not (store / "checkpoints" / run_id).exists()
 
 
 # ---- impossible requests fail fast ------------------------------------------------------------

@@ -97,3 +97,62 @@ def test_batch_larger_than_the_data_is_refused():
     x = np.zeros((10, 28, 28), np.uint8)
     with pytest.raises(ValueError, match="--batch-size 100 is larger"):
         train(TrainConfig(epochs=1), x, np.zeros(10, np.int64), CPU, log=_quiet)
+
+
+def test_the_newest_checkpoint_is_chosen_by_epoch_at_any_epoch_count(tmp_path):
+    from mnist_ray import checkpoints
+    from mnist_ray.store import Store
+
+    store = Store(tmp_path)
+    rng = np.random.default_rng(0)
+    for epoch in (2, 9999, 10000, 998):
+        weights = {"weight": rng.random((10, 784), np.float32), "bias": np.zeros(10, np.float32)}
+        ckpt = checkpoints.Checkpoint(epoch, [0.5] * epoch, weights, np.zeros(8, np.uint8))
+        checkpoints.save(store, "run-long", ckpt)
+    assert checkpoints.latest(store, "run-long").epoch == 10000
+    assert checkpoints.latest(store, "run-none") is None
+
+
+# ---- on a GPU (skipped without CUDA; ../shared/device/gpu-check.sh runs these) ----------------
+
+
+@pytest.fixture(scope="module")
+def cpu_costs(mnist_train):
+    return train(TrainConfig(epochs=5), *mnist_train, CPU, log=_quiet).epoch_costs
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cuda_graph", [True, False], ids=["cuda-graph", "eager"])
+def test_gpu_training_matches_the_cpu(mnist_train, cpu_costs, cuda_graph):
+    got = train(
+        TrainConfig(epochs=5), *mnist_train, torch.device("cuda", 0), log=_quiet,
+        cuda_graph=cuda_graph,
+    )  # fmt: skip
+    assert got.cuda_graph is cuda_graph
+    assert got.device.startswith("cuda:0 (") and torch.cuda.get_device_name(0) in got.device
+    assert np.allclose(got.epoch_costs, cpu_costs, rtol=0, atol=1e-6), (got.epoch_costs, cpu_costs)
+
+
+@pytest.mark.gpu
+def test_gpu_graph_and_eager_paths_agree(mnist_train):
+    runs = [
+        train(TrainConfig(epochs=3), *mnist_train, torch.device("cuda", 0), log=_quiet,
+              cuda_graph=graph)
+        for graph in (True, False)
+    ]  # fmt: skip
+    assert np.allclose(runs[0].epoch_costs, runs[1].epoch_costs, rtol=0, atol=1e-6)
+    assert np.allclose(runs[0].weights["weight"], runs[1].weights["weight"], rtol=0, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_gpu_run_row_names_the_gpu_and_the_graph(ray_local, mnist_train, tmp_path):
+    """Through Ray, as `submit train --gpus 1` runs it: the row says which GPU and how."""
+    from mnist_ray.cluster import train_and_store
+    from mnist_ray.store import Store
+
+    row = train_and_store(
+        TrainConfig(epochs=2), *mnist_train, Store(tmp_path), None, "1", log=_quiet
+    )
+    assert row["device"].startswith("cuda:0 (") and row["cuda_graph"] is True
+    assert row["gpu_ids"] == [0] and row["gpu_peak_mib"] > 0
+    assert not (tmp_path / "checkpoints").exists()  # no storage traffic during its epochs
