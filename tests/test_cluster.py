@@ -116,7 +116,12 @@ def test_two_node_cluster_puts_training_on_the_gpu_node(mnist_train, mnist_test,
         assert result["total"] == 10000 and result["sample"]["index"] == 3757
         deadline = time.monotonic() + 60  # task events reach the state API asynchronously
         while True:
-            tasks = list_tasks(filters=[("state", "=", "FINISHED")], detail=True, timeout=30)
+            tasks = list_tasks(
+                address=cluster.address,  # this cluster's, whatever else runs on the machine
+                filters=[("state", "=", "FINISHED")],
+                detail=True,
+                timeout=30,
+            )
             train = [t for t in tasks if t.name == "train run-gpu"]
             shards = [t for t in tasks if t.name.startswith("shard ")]
             if (len(train), len(shards)) == (1, 4) or time.monotonic() > deadline:
@@ -170,7 +175,9 @@ def test_first_epoch_reaches_the_driver_while_training_goes_on(mnist_train, tmp_
         if match and match.group(1) == "0001":  # task events reach the state API within ~1 s
             deadline = time.monotonic() + 20
             while not seen.get(1) and time.monotonic() < deadline:
-                tasks = list_tasks(filters=[("name", "=", "train run-60")], timeout=30)
+                tasks = list_tasks(
+                    address=cluster.address, filters=[("name", "=", "train run-60")], timeout=30
+                )
                 seen[1] = [t.state for t in tasks]
 
     try:
