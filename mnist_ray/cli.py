@@ -25,6 +25,7 @@ from mnist_ray import __version__, jobs
 from mnist_ray.config import MAX_SHARDS, ConfigError, EvalConfig, TrainConfig, check_id
 from mnist_ray.data import DataError
 from mnist_ray.store import DEFAULT_STORE, Store, StoreError, new_id, now
+from mnist_ray.streams import install_result_marker
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -158,7 +159,7 @@ def submit_train(
     if jobs.is_remote(address):
         argv = jobs.command_argv(ctx)
         raise typer.Exit(jobs.submit_cli(address, store, argv, wait=wait, log=err.print))
-    target = Store(store)
+    target = Store(jobs.absolute_store(store, address))
     from mnist_ray import data
 
     images, labels = data.load(cfg.dataset, "train", data_dir)
@@ -246,7 +247,7 @@ def evaluate(
     if jobs.is_remote(address):
         argv = jobs.command_argv(ctx)
         raise typer.Exit(jobs.submit_cli(address, store, argv, wait=wait, log=err.print))
-    target = Store(store)
+    target = Store(jobs.absolute_store(store, address))
     found = target.find_run(run)
     weights = target.read_weights(found)
     from mnist_ray import data
@@ -415,6 +416,7 @@ def main(
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
 ) -> None:
     """mnist-ray: train and evaluate the classic MNIST softmax regression on Ray."""
+    install_result_marker()  # a job submitted by mnist-ray: its result lines framed
     if version:
         print(f"mnist-ray {__version__}")
         raise typer.Exit()

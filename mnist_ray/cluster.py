@@ -31,6 +31,7 @@ from mnist_ray import checkpoints
 from mnist_ray.config import TrainConfig, first_line
 from mnist_ray.evaluate import evaluate_shard, merge, shard_bounds
 from mnist_ray.store import Store
+from mnist_ray.streams import ray_output_to_stderr
 
 RETRIES = 3  # Ray re-runs a task whose worker or node died, this many times
 FAULTS = "MNIST_RAY_FAULTS"  # fault injection for tests: a folder of tokens, see _fault
@@ -56,6 +57,11 @@ def connect(address: str | None, log: Callable[[str], None] = _say) -> Iterator[
     if ray.is_initialized():  # a caller (tests, a notebook) already connected: use that
         yield
         return
+    with ray_output_to_stderr():  # Ray prints to stdout even with log_to_driver=False
+        yield from _session(address, log)
+
+
+def _session(address: str | None, log: Callable[[str], None]) -> Iterator[None]:
     kwargs = dict(log_to_driver=False, logging_level=logging.ERROR)
     if address is None:
         # A new instance (never a cluster left by `ray start`), on loopback only.

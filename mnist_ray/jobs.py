@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import typer
 
 from mnist_ray.config import first_line
+from mnist_ray.streams import NONCE_VAR, LogSplitter, new_nonce
 
 STRIPPED = {"--address": True, "--wait": False, "--no-wait": False, "--store": True}
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -110,6 +111,15 @@ def check_shared_store(store: str) -> None:
     )
 
 
+def absolute_store(store: str, address: str | None) -> str:
+    """With a cluster, tasks run in other working directories, maybe on other machines: a
+    relative folder is made absolute here, on the driver, so it names the same place for
+    every task (a folder every node mounts at that path)."""
+    if address is None or "://" in store:
+        return store
+    return os.path.abspath(os.path.expanduser(store))
+
+
 # ---- the client -------------------------------------------------------------------------------
 
 
@@ -168,12 +178,18 @@ def _call(address: str, what: str, fn, *args):
 # ---- submit, follow, report -------------------------------------------------------------------
 
 
-def submit(address: str, entry: str, kind: str) -> tuple[object, str]:
+def submit(address: str, entry: str, kind: str, nonce: str | None = None) -> tuple[object, str]:
     c = client(address)
+    # the job frames its result lines with the nonce, so they come back apart from its log
+    runtime_env = {"env_vars": {NONCE_VAR: nonce}} if nonce else None
     job_id = _call(
         address,
         "submitting the job",
-        lambda: c.submit_job(entrypoint=entry, metadata={"app": "mnist-ray", "command": kind}),
+        lambda: c.submit_job(
+            entrypoint=entry,
+            metadata={"app": "mnist-ray", "command": kind},
+            runtime_env=runtime_env,
+        ),
     )
     return c, job_id
 
@@ -219,19 +235,23 @@ def submit_cli(
     check_shared_store(store)
     entry = entrypoint(argv, store)
     kind = " ".join(a for a in argv[:2] if not a.startswith("-"))
-    c, job_id = submit(address, entry, kind)
+    nonce = new_nonce()
+    c, job_id = submit(address, entry, kind, nonce)
     log(f"Submitted job {job_id} to {address}: {entry}")
     if not wait:
         print(job_id)
         log(f"Follow it with: mnist-ray jobs logs {job_id} --follow --address {address}")
         return 0
+    split = LogSplitter(sys.stdout, sys.stderr, nonce)  # the log to stderr, the result to stdout
     try:
-        follow(c, job_id, lambda chunk: (sys.stdout.write(chunk), sys.stdout.flush()))
+        follow(c, job_id, split.feed)
     except KeyboardInterrupt:
+        split.close()
         log(f"Stopped following; job {job_id} keeps running (mnist-ray jobs stop {job_id}).")
         return 130
     except Exception as exc:  # the log stream broke: the status below still says how it ended
         log(f"Log stream of job {job_id} ended early ({first_line(exc)}).")
+    split.close()
     return outcome(final_status(c, address, job_id), job_id, log)
 
 
@@ -306,13 +326,16 @@ def logs(
     Example: mnist-ray jobs logs raysubmit_XYZ --follow
     """
     c = client(_remote(address))
+    split = LogSplitter(sys.stdout, sys.stderr)  # as when submitting: the result to stdout
     if not follow_:
-        sys.stdout.write(_call(address, f"job {job_id}", c.get_job_logs, job_id))
+        split.feed(_call(address, f"job {job_id}", c.get_job_logs, job_id))
+        split.close()
         return
     # a missing job: one line here, not a websocket error below
     _call(address, f"job {job_id}", c.get_job_info, job_id)
     try:
-        follow(c, job_id, lambda chunk: (sys.stdout.write(chunk), sys.stdout.flush()))
+        follow(c, job_id, split.feed)
+        split.close()
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     except Exception as exc:
