@@ -7,6 +7,7 @@ a user runs it, and the store is a folder both nodes see.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 
@@ -151,3 +152,64 @@ def test_a_gcs_address_wants_the_token_and_takes_it_alone(ray_cli_cluster, tmp_p
     assert f"Connected to Ray at {cluster.gcs}: 2 CPUs, 1 GPUs" in ok.stderr
     (run,) = Store(str(store)).read("runs")[0]
     assert run["node_id"] == gpu_node_id and run["epochs"] == 1
+
+
+# ---- stdout is one JSON document in every mode; a store means the same on every node -----------
+
+
+def _json_stdout(result) -> dict:
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)  # all of stdout: nothing of Ray's or the job's log
+
+
+def test_json_through_the_jobs_api_is_the_whole_of_stdout(ray_cli_cluster, tmp_path):
+    cluster, _ = ray_cli_cluster
+    store = tmp_path / "store"
+    env = client_env(tmp_path, RAY_AUTH_TOKEN=cluster.token)
+    base = ["--address", cluster.dashboard, "--store", str(store), "--json"]
+    train = mnist_ray(["submit", "train", "--epochs", "1", *base], env)
+    row = _json_stdout(train)
+    assert "Epoch: 0001 cost" in train.stderr  # the job's log streams to stderr
+    (stored,) = Store(str(store)).read("runs")[0]
+    assert row["run_id"] == stored["run_id"] and row["epoch_costs"] == stored["epoch_costs"]
+    evaluate = mnist_ray(["evaluate", "--shards", "2", *base], env)
+    row = _json_stdout(evaluate)
+    assert "Runtime env is setting up" in evaluate.stderr or "Shards done" in evaluate.stderr
+    assert row["run_id"] == stored["run_id"] and row["total"] == 10_000
+
+
+def test_relative_store_means_the_same_on_every_node_and_json_via_gcs_and_ray_client(
+    ray_cli_cluster, tmp_path
+):
+    """The driver works in its own folder, the nodes in theirs (the cluster's temp dir):
+    a relative --store reaches the tasks as the driver's absolute path."""
+    cluster, gpu_node_id = ray_cli_cluster
+    driver_dir = tmp_path / "driver"
+    driver_dir.mkdir()
+    env = client_env(tmp_path, RAY_AUTH_TOKEN=cluster.token)
+
+    def run(args):
+        return subprocess.run(
+            [f"{VENV_BIN}/mnist-ray", *args, "--store", "rel-store", "--json"],
+            env=env,
+            cwd=driver_dir,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    train = run(["submit", "train", "--epochs", "2", "--gpus", "1", "--address", cluster.gcs])
+    row = _json_stdout(train)
+    store = driver_dir / "rel-store"
+    assert row["weights_uri"] == str(store / "weights" / f"{row['run_id']}.safetensors")
+    assert row["node_id"] == gpu_node_id  # trained on the other node, in another folder
+    (stored,) = Store(str(store)).read("runs")[0]
+    assert stored["run_id"] == row["run_id"]
+    # the task wrote its checkpoints to the driver's store (then cleared), nowhere else
+    assert not list(cluster.temp_dir.rglob("rel-store"))
+    assert not (store / "checkpoints" / row["run_id"]).exists()
+
+    evaluate = run(["evaluate", "--shards", "2", "--address", cluster.client])
+    got = _json_stdout(evaluate)
+    assert got["run_id"] == row["run_id"] and got["total"] == 10_000
+    assert [e["eval_id"] for e in Store(str(store)).read("evaluations")[0]] == [got["eval_id"]]
