@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from mnist_ray import checkpoints
+from mnist_ray import checkpoints, local_ray
 from mnist_ray.config import TrainConfig, first_line
 from mnist_ray.evaluate import evaluate_shard, merge, shard_bounds
 from mnist_ray.store import Store
@@ -73,12 +73,16 @@ def _session(address: str | None, log: Callable[[str], None]) -> Iterator[None]:
         _token_alone_is_enough()
         log(f"Connecting to Ray at {address} ...")
     started = time.perf_counter()
-    with _held_stderr(hold=address is not None) as held:
-        try:
-            ray.init(**kwargs)
-            failure = None
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            failure = exc
+    if address is None:
+        failure = _start_local(kwargs, log)
+        held = _Held()
+    else:
+        with _held_stderr(hold=True) as held:
+            try:
+                ray.init(**kwargs)
+                failure = None
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                failure = exc
     if failure is not None:
         raise _connect_error(address, failure, held.text) from None
     sys.stderr.write(held.text)  # what Ray said while connecting, now that it worked
@@ -96,6 +100,23 @@ def _session(address: str | None, log: Callable[[str], None]) -> Iterator[None]:
 
 class _Held:
     text = ""
+
+
+def _start_local(kwargs: dict, log: Callable[[str], None], tries: int = 2) -> Exception | None:
+    """Start the embedded Ray, one mnist-ray start at a time on this machine (see
+    local_ray.py); a start that timed out is cleaned up and tried again, once."""
+    for attempt in range(1, tries + 1):
+        with local_ray.start_lock(log):
+            try:
+                ray.init(**kwargs)
+                return None
+            except Exception as exc:  # Ray raises a bare Exception for a start that timed out
+                if not local_ray.timed_out(exc) or attempt == tries:
+                    return exc
+                ray.shutdown()
+                local_ray.end_children()
+                log("Ray's start timed out on a busy machine; starting it again ...")
+    return None
 
 
 @contextmanager
