@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mnist_ray import __version__, jobs
+from mnist_ray import __version__, helptext, jobs  # noqa: F401  (helptext: --help's format)
 from mnist_ray.config import MAX_SHARDS, ConfigError, EvalConfig, TrainConfig, check_id
 from mnist_ray.data import DataError
 from mnist_ray.store import DEFAULT_STORE, Store, StoreError, new_id, now
@@ -101,6 +101,9 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+RAY_COMMANDS = {"submit_train", "evaluate"}  # the commands whose Ctrl-C cancels Ray tasks
+
+
 def friendly(fn):
     """One idiom for failures: a user's mistake or a runtime failure is one line, no traceback."""
 
@@ -114,8 +117,12 @@ def friendly(fn):
             raise typer.BadParameter(exc.message, param_hint=f"'{exc.option}'") from None
         except (DataError, StoreError, ClusterError) as exc:
             _fail(str(exc))
-        except KeyboardInterrupt:
-            _fail("interrupted: the Ray tasks were cancelled and nothing was written.", 130)
+        except KeyboardInterrupt:  # not an error: the user asked to stop
+            said = "interrupted"
+            if fn.__name__ in RAY_COMMANDS:
+                said += ": the Ray tasks were cancelled and nothing was written."
+            err.print(said)
+            raise typer.Exit(130) from None
 
     return wrapper
 
@@ -248,6 +255,7 @@ def evaluate(
         argv = jobs.command_argv(ctx)
         raise typer.Exit(jobs.submit_cli(address, store, argv, wait=wait, log=err.print))
     target = Store(jobs.absolute_store(store, address))
+    target.check_exists()  # a mistyped path is said so, not taken for an empty store
     found = target.find_run(run)
     weights = target.read_weights(found)
     from mnist_ray import data
@@ -305,6 +313,7 @@ def results(store: StoreOpt = DEFAULT_STORE, as_json: JsonOpt = False) -> None:
     Example: mnist-ray results --store ./mnist-ray-store
     """
     target = Store(store)
+    target.check_exists()
     runs, bad_runs = target.read("runs")
     evals, bad_evals = target.read("evaluations")
     for path, problem in bad_runs + bad_evals:
@@ -352,6 +361,9 @@ def show(
         Path | None, typer.Option(help="Also write the image to this PNG file.", dir_okay=False)
     ] = None,
     store: StoreOpt = DEFAULT_STORE,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the evaluation's row as one JSON object.")
+    ] = False,
 ) -> None:
     """Draw an evaluation's random sample in the terminal: label, prediction, probabilities.
 
@@ -359,13 +371,12 @@ def show(
     """
     import numpy as np
 
-    evals, _ = Store(store).read("evaluations")
-    if eval_id is not None:
-        evals = [e for e in evals if e["eval_id"] == eval_id or e["eval_id"].startswith(eval_id)]
-    if not evals:
-        what = f"no evaluation {eval_id}" if eval_id else "no evaluations yet"
-        _fail(f"{what} in {store}; run `mnist-ray evaluate` first")
-    e = evals[-1]
+    target = Store(store)
+    target.check_exists()
+    e = target.find("evaluations", eval_id, "EVAL_ID")  # one match, as `evaluate --run`
+    if as_json:
+        print(_json(e))
+        return
     pixels = np.asarray(e["sample_pixels"], dtype=np.uint8).reshape(28, 28)
     out.print(f"evaluation {e['eval_id']}, test image {e['sample_index']}")
     for line in draw(pixels):

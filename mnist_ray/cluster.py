@@ -158,7 +158,9 @@ def _connect_error(address: str | None, exc: BaseException, said: str) -> Except
         from mnist_ray.jobs import token_error  # late: jobs imports typer, workers needn't
 
         return token_error(where, os.environ.get("RAY_AUTH_MODE", "").lower() != "token")
-    return ClusterError(f"--address {where}: could not connect ({first_line(exc)})")
+    said = " ".join(str(exc).split())  # Ray's client puts the reason on a second line
+    said = said if len(said) <= 300 else said[:297] + "..."
+    return ClusterError(f"--address {where}: could not connect ({said or type(exc).__name__})")
 
 
 def _check_reachable(address: str, timeout: float = 3.0) -> None:
@@ -210,8 +212,26 @@ def _gather(refs: list, what: str, tick: Callable[[int], None] | None = None):
             ray.cancel(ref, force=True, recursive=True)
         raise
     except ray.exceptions.RayError as exc:
+        raise ClusterError(gather_error(what, exc)) from None
+
+
+# Deaths Ray retries (max_retries); anything the task itself raised is never retried.
+RETRIED = (
+    ray.exceptions.WorkerCrashedError,
+    ray.exceptions.NodeDiedError,
+    ray.exceptions.OutOfMemoryError,
+)
+
+
+def gather_error(what: str, exc: BaseException) -> str:
+    """One line: retries are named only when Ray retried; an error the task raised (a bad
+    file, a bug) is its cause, once."""
+    if isinstance(exc, RETRIED):
+        return f"{what} failed after {RETRIES} retries: {first_line(exc)}"
+    if isinstance(exc, ray.exceptions.RayTaskError):
         cause = getattr(exc, "cause", None) or exc
-        raise ClusterError(f"{what} failed after {RETRIES} retries: {first_line(cause)}") from None
+        return f"{what} failed: {type(cause).__name__}: {first_line(cause)}"
+    return f"{what} failed: {first_line(exc)}"
 
 
 def peak_rss_mib() -> float:
@@ -378,6 +398,7 @@ def evaluate_on_ray(
             shown[0] = done
 
     parts = _gather(refs, "evaluation", tick=progress)
+    progress(shards)  # the last line says N/N, whenever the last shard finished
     merged = merge(parts)
     merged["node_ids"] = sorted({p["node_id"] for p in parts})
     merged["shard_peak_rss_mib"] = max(p["peak_rss_mib"] for p in parts)

@@ -5,6 +5,7 @@
     mnist-ray jobs status raysubmit_XYZ --address http://127.0.0.1:8265
     mnist-ray jobs logs raysubmit_XYZ --follow
     mnist-ray jobs stop raysubmit_XYZ
+    mnist-ray jobs list --json                 # mnist-ray's jobs on the cluster, newest first
 
 The job's entrypoint is the command the user typed, less --address/--wait/--no-wait, with
 the store spelled out; Ray runs it as the job's driver on the head, where it connects to
@@ -18,11 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import os
 import shlex
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -353,3 +356,43 @@ def stop(job_id: JobId, address: Address = "http://127.0.0.1:8265") -> None:
     c = client(_remote(address))
     stopped = _call(address, f"job {job_id}", c.stop_job, job_id)
     print(f"{job_id}: {'stopping' if stopped else 'not running, nothing to stop'}")
+
+
+@app.command("list")
+@_friendly
+def list_jobs(
+    address: Address = "http://127.0.0.1:8265",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON list to stdout.")] = False,
+) -> None:
+    """List the mnist-ray jobs on the cluster (those `submit train` and `evaluate` submitted),
+    newest first.
+
+    Example: mnist-ray jobs list --address http://127.0.0.1:8265 --json
+    """
+    c = client(_remote(address))
+    found = _call(address, "listing jobs", c.list_jobs)
+    rows = [job_row(j) for j in found if (j.metadata or {}).get("app") == "mnist-ray"]
+    rows.sort(key=lambda r: (r["start_time"] or "", r["job_id"]), reverse=True)
+    if as_json:
+        print(json.dumps(rows))
+        return
+    for r in rows:
+        started = (r["start_time"] or "-")[:19].replace("T", " ")
+        print(f"{r['job_id']}  {r['status']:<9}  {started}  {r['command']}")
+
+
+def job_row(job) -> dict:
+    """What a script wants of a job: ids, state, times (UTC, ISO 8601), what it runs."""
+
+    def iso(ms):
+        return datetime.fromtimestamp(ms / 1000, UTC).isoformat() if ms else None
+
+    return {
+        "job_id": job.submission_id,
+        "status": str(job.status),
+        "command": (job.metadata or {}).get("command", ""),
+        "entrypoint": job.entrypoint,
+        "start_time": iso(job.start_time),
+        "end_time": iso(job.end_time),
+        "message": job.message,
+    }

@@ -157,7 +157,7 @@ def test_a_gcs_address_wants_the_token_and_takes_it_alone(ray_cli_cluster, tmp_p
 # ---- stdout is one JSON document in every mode; a store means the same on every node -----------
 
 
-def _json_stdout(result) -> dict:
+def _json_stdout(result):
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout)  # all of stdout: nothing of Ray's or the job's log
 
@@ -176,6 +176,16 @@ def test_json_through_the_jobs_api_is_the_whole_of_stdout(ray_cli_cluster, tmp_p
     row = _json_stdout(evaluate)
     assert "Runtime env is setting up" in evaluate.stderr or "Shards done" in evaluate.stderr
     assert row["run_id"] == stored["run_id"] and row["total"] == 10_000
+    # what a script sees of them: mnist-ray's jobs, newest first, as one JSON list
+    listed = _json_stdout(mnist_ray(["jobs", "list", *base[:2], "--json"], env))
+    ours = [j for j in listed if j["job_id"] in (job_of(train), job_of(evaluate))]
+    assert [j["command"] for j in ours] == ["evaluate", "submit train"]
+    assert all(j["status"] == "SUCCEEDED" and j["start_time"] for j in ours)
+    assert all("mnist-ray" in j["entrypoint"] for j in listed)
+
+
+def job_of(result) -> str:
+    return JOB_ID.search(result.stderr).group(0)
 
 
 def test_relative_store_means_the_same_on_every_node_and_json_via_gcs_and_ray_client(
