@@ -140,8 +140,10 @@ def token_error(address: str, wanted: bool) -> Exception:
     sent (`wanted`) or the one sent was wrong."""
     if wanted:
         return _error(
-            f"--address {address}: the cluster wants a Ray token; set RAY_AUTH_TOKEN "
-            "(or RAY_AUTH_MODE=token with RAY_AUTH_TOKEN_PATH) to the cluster's token"
+            f"--address {address}: the cluster wants a Ray token; set RAY_AUTH_TOKEN to it, "
+            "or set RAY_AUTH_MODE=token with the token in ~/.ray/auth_token (Ray's default "
+            "file) or in the file RAY_AUTH_TOKEN_PATH names; `ray get-auth-token` on the head "
+            "prints it"
         )
     return _error(f"--address {address}: the cluster refused the Ray token given")
 

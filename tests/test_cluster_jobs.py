@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from pathlib import Path
 
 from conftest import VENV_BIN, client_env, free_ports, mnist_ray, one_line_error
 
@@ -223,3 +224,42 @@ def test_relative_store_means_the_same_on_every_node_and_json_via_gcs_and_ray_cl
     got = _json_stdout(evaluate)
     assert got["run_id"] == row["run_id"] and got["total"] == 10_000
     assert [e["eval_id"] for e in Store(str(store)).read("evaluations")[0]] == [got["eval_id"]]
+
+
+# ---- tokens, as a person meets them -----------------------------------------------------------
+
+
+def test_the_readmes_token_lines_work_and_the_message_names_the_ways(ray_cli_cluster, tmp_path):
+    """The README's `export ... $(ray get-auth-token)` lines, run as written where the
+    head's token is in ~/.ray/auth_token; then Ray's default-file way alone."""
+    from conftest import REPO
+
+    cluster, _ = ray_cli_cluster
+    env = client_env(tmp_path)
+    (Path(env["HOME"]) / ".ray").mkdir(exist_ok=True)
+    (Path(env["HOME"]) / ".ray" / "auth_token").write_text(cluster.token)
+    readme = (REPO / "README.md").read_text().splitlines()
+    lines = [ln.strip() for ln in readme if "export RAY_AUTH_TOKEN=$(ray get-auth-token)" in ln]
+    assert lines
+    export = lines[-1]  # the "Where the token comes from" one; the others say the same
+    got = subprocess.run(
+        ["bash", "-c", f"{export}\nmnist-ray jobs list --json --address {cluster.dashboard}"],
+        env=env | {"PATH": f"{VENV_BIN}:{env['PATH']}"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert got.returncode == 0, got.stderr
+    assert isinstance(json.loads(got.stdout), list)
+
+    store = tmp_path / "store"
+    args = ["submit", "train", "--epochs", "1", "--address", cluster.gcs, "--store", str(store)]
+    (tmp_path / "other").mkdir()
+    refused = mnist_ray(args, client_env(tmp_path / "other"), 120)  # no token anywhere
+    assert refused.returncode == 1
+    message = refused.stderr.strip().splitlines()[-1]
+    for way in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE=token", "~/.ray/auth_token", "get-auth-token"):
+        assert way in message, message
+    default_file = mnist_ray([*args, "--json"], env | {"RAY_AUTH_MODE": "token"})
+    row = _json_stdout(default_file)  # RAY_AUTH_MODE=token and the default file: enough
+    assert row["epochs"] == 1
