@@ -63,29 +63,34 @@ def connect(address: str | None, log: Callable[[str], None] = _say) -> Iterator[
 
 def _session(address: str | None, log: Callable[[str], None]) -> Iterator[None]:
     kwargs = dict(log_to_driver=False, logging_level=logging.ERROR)
-    if address is None:
-        # A new instance (never a cluster left by `ray start`), on loopback only.
-        kwargs.update(address="local", include_dashboard=False, _node_ip_address="127.0.0.1")
-    else:
-        kwargs.update(address=address)
-        if _is_loopback(address):
-            _keep_loopback()
-        _token_alone_is_enough()
-        log(f"Connecting to Ray at {address} ...")
     started = time.perf_counter()
     if address is None:
-        failure = _start_local(kwargs, log)
-        held = _Held()
-    else:
-        with _held_stderr(hold=True) as held:
-            try:
-                ray.init(**kwargs)
-                failure = None
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                failure = exc
+        # A new instance (never a cluster left by `ray start`): loopback, a token its own.
+        kwargs.update(address="local", include_dashboard=False, _node_ip_address="127.0.0.1")
+        with local_ray.loopback_and_own_token():
+            failure = _start_local(kwargs, log)
+            if failure is not None:
+                raise _connect_error(address, failure, "") from None
+            yield from _run(address, log, started)
+        return
+    kwargs.update(address=address)
+    if _is_loopback(address):
+        _keep_loopback()
+    _token_alone_is_enough()
+    log(f"Connecting to Ray at {address} ...")
+    with _held_stderr(hold=True) as held:
+        try:
+            ray.init(**kwargs)
+            failure = None
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            failure = exc
     if failure is not None:
         raise _connect_error(address, failure, held.text) from None
     sys.stderr.write(held.text)  # what Ray said while connecting, now that it worked
+    yield from _run(address, log, started)
+
+
+def _run(address: str | None, log: Callable[[str], None], started: float) -> Iterator[None]:
     have = ray.cluster_resources()
     log(
         f"{'Started a local Ray' if address is None else f'Connected to Ray at {address}'}: "
