@@ -243,8 +243,8 @@ def submit_cli(
     nonce = new_nonce()
     c, job_id = submit(address, entry, kind, nonce)
     log(f"Submitted job {job_id} to {address}: {entry}")
-    if not wait:
-        print(job_id)
+    if not wait:  # the job id is the result; with --json, as one JSON document
+        print(json.dumps({"job_id": job_id, "address": address}) if "--json" in argv else job_id)
         log(f"Follow it with: mnist-ray jobs logs {job_id} --follow --address {address}")
         return 0
     split = LogSplitter(sys.stdout, sys.stderr, nonce)  # the log to stderr, the result to stdout

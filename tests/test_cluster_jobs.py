@@ -178,9 +178,14 @@ def test_json_through_the_jobs_api_is_the_whole_of_stdout(ray_cli_cluster, tmp_p
     assert "Runtime env is setting up" in evaluate.stderr or "Shards done" in evaluate.stderr
     assert row["run_id"] == stored["run_id"] and row["total"] == 10_000
     # what a script sees of them: mnist-ray's jobs, newest first, as one JSON list
+    queued = _json_stdout(mnist_ray(["evaluate", "--shards", "1", "--no-wait", *base], env))
+    assert JOB_ID.fullmatch(queued["job_id"]) and queued["address"] == cluster.dashboard
+    logs = mnist_ray(["jobs", "logs", queued["job_id"], "--follow", *base[:2]], env)
+    assert json.loads(logs.stdout)["shards"] == 1  # the job's result, apart from its log
     listed = _json_stdout(mnist_ray(["jobs", "list", *base[:2], "--json"], env))
-    ours = [j for j in listed if j["job_id"] in (job_of(train), job_of(evaluate))]
-    assert [j["command"] for j in ours] == ["evaluate", "submit train"]
+    ours = [j for j in listed if j["job_id"] in (job_of(train), job_of(evaluate), queued["job_id"])]
+    assert [j["command"] for j in ours] == ["evaluate", "evaluate", "submit train"]
+    assert ours[0]["job_id"] == queued["job_id"]  # newest first
     assert all(j["status"] == "SUCCEEDED" and j["start_time"] for j in ours)
     assert all("mnist-ray" in j["entrypoint"] for j in listed)
 
