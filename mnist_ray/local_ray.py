@@ -114,8 +114,9 @@ def timed_out(exc: BaseException) -> bool:
 
 
 def end_children() -> None:
-    """After a failed start: SIGKILL the processes this one started (the GCS, the raylet,
-    Ray's agents), which Ray leaves running when its start raises; their workers follow."""
+    """After a failed start: SIGKILL the Ray processes this one started (the GCS, the
+    raylet, Ray's agents), which Ray leaves running when its start raises; their workers
+    follow. Other children of this process (a notebook's, say) are left alone."""
     me = os.getpid()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -125,6 +126,8 @@ def end_children() -> None:
             ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, IndexError, ValueError):
             continue
-        if ppid == me:
-            with contextlib.suppress(ProcessLookupError):
+        if ppid != me:
+            continue
+        with contextlib.suppress(OSError):  # Ray's programs only: they run from its package
+            if b"/ray/" in (entry / "cmdline").read_bytes():
                 os.kill(int(entry.name), signal.SIGKILL)
