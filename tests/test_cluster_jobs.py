@@ -225,10 +225,16 @@ def test_relative_store_means_the_same_on_every_node_and_json_via_gcs_and_ray_cl
     assert not list(cluster.temp_dir.rglob("rel-store"))
     assert not (store / "checkpoints" / row["run_id"]).exists()
 
-    evaluate = run(["evaluate", "--shards", "2", "--address", cluster.client])
-    got = _json_stdout(evaluate)
-    assert got["run_id"] == row["run_id"] and got["total"] == 10_000
-    assert [e["eval_id"] for e in Store(str(store)).read("evaluations")[0]] == [got["eval_id"]]
+    # both commands, both ways of running the driver here: stdout is one JSON document
+    evals = [
+        _json_stdout(run(["evaluate", "--shards", "2", "--address", address]))
+        for address in (cluster.client, cluster.gcs)
+    ]
+    assert all(e["run_id"] == row["run_id"] and e["total"] == 10_000 for e in evals)
+    stored = [e["eval_id"] for e in Store(str(store)).read("evaluations")[0]]
+    assert stored == [e["eval_id"] for e in evals]
+    again = _json_stdout(run(["submit", "train", "--epochs", "2", "--address", cluster.client]))
+    assert again["epoch_costs"] == row["epoch_costs"]  # same seed, same costs, via ray://
 
 
 # ---- tokens, as a person meets them -----------------------------------------------------------
