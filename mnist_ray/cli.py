@@ -16,9 +16,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from mnist_ray import __version__, jobs
+from mnist_ray import __version__, helptext, jobs  # noqa: F401  (helptext: --help's format)
 from mnist_ray.config import MAX_SHARDS, ConfigError, EvalConfig, TrainConfig, check_id
 from mnist_ray.store import DEFAULT_STORE, Store
+from mnist_ray.streams import install_result_marker
 from mnist_ray.ui import err, fail, friendly, out, to_json
 
 app = typer.Typer(
@@ -129,7 +130,7 @@ def submit_train(
     if jobs.is_remote(address):
         argv = jobs.command_argv(ctx)
         raise typer.Exit(jobs.submit_cli(address, store, argv, wait=wait, log=err.print))
-    target = Store(store)
+    target = Store(jobs.absolute_store(store, address))
     from mnist_ray import data
 
     images, labels = data.load(cfg.dataset, "train", data_dir)
@@ -188,7 +189,8 @@ def evaluate(
     if jobs.is_remote(address):
         argv = jobs.command_argv(ctx)
         raise typer.Exit(jobs.submit_cli(address, store, argv, wait=wait, log=err.print))
-    target = Store(store)
+    target = Store(jobs.absolute_store(store, address))
+    target.check_exists()  # a mistyped path is said so, not taken for an empty store
     found = target.find_run(run)
     weights = target.read_weights(found)
     from mnist_ray import data
@@ -223,6 +225,7 @@ def results(store: StoreOpt = DEFAULT_STORE, as_json: JsonOpt = False) -> None:
     Example: mnist-ray results --store ./mnist-ray-store
     """
     target = Store(store)
+    target.check_exists()
     runs, bad_runs = target.read("runs")
     evals, bad_evals = target.read("evaluations")
     for path, problem in bad_runs + bad_evals:
@@ -270,6 +273,9 @@ def show(
         Path | None, typer.Option(help="Also write the image to this PNG file.", dir_okay=False)
     ] = None,
     store: StoreOpt = DEFAULT_STORE,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the evaluation's row as one JSON object.")
+    ] = False,
 ) -> None:
     """Draw an evaluation's random sample in the terminal: label, prediction, probabilities.
 
@@ -277,13 +283,12 @@ def show(
     """
     import numpy as np
 
-    evals, _ = Store(store).read("evaluations")
-    if eval_id is not None:
-        evals = [e for e in evals if e["eval_id"] == eval_id or e["eval_id"].startswith(eval_id)]
-    if not evals:
-        what = f"no evaluation {eval_id}" if eval_id else "no evaluations yet"
-        fail(f"{what} in {store}; run `mnist-ray evaluate` first")
-    e = evals[-1]
+    target = Store(store)
+    target.check_exists()
+    e = target.find("evaluations", eval_id, "EVAL_ID")  # one match, as `evaluate --run`
+    if as_json:
+        print(to_json(e))
+        return
     pixels = np.asarray(e["sample_pixels"], dtype=np.uint8).reshape(28, 28)
     out.print(f"evaluation {e['eval_id']}, test image {e['sample_index']}")
     for line in draw(pixels):
@@ -334,6 +339,7 @@ def main(
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
 ) -> None:
     """mnist-ray: train and evaluate the classic MNIST softmax regression on Ray."""
+    install_result_marker()  # a job submitted by mnist-ray: its result lines framed
     if version:
         print(f"mnist-ray {__version__}")
         raise typer.Exit()

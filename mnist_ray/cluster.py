@@ -27,11 +27,12 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from mnist_ray import checkpoints
+from mnist_ray import checkpoints, local_ray
 from mnist_ray.config import TrainConfig, first_line
 from mnist_ray.errors import ClusterError, token_error
 from mnist_ray.evaluate import evaluate_shard, merge, sample_index, shard_bounds
 from mnist_ray.store import Store, new_id, now
+from mnist_ray.streams import ray_output_to_stderr
 
 RETRIES = 3  # Ray re-runs a task whose worker or node died, this many times
 CHECKPOINT_EVERY = 60.0  # seconds between training checkpoints; 0: after every epoch
@@ -63,18 +64,28 @@ def connect(address: str | None, log: Callable[[str], None] = _say) -> Iterator[
     if ray.is_initialized():  # a caller (tests, a notebook) already connected: use that
         yield
         return
+    with ray_output_to_stderr():  # Ray prints to stdout even with log_to_driver=False
+        yield from _session(address, log)
+
+
+def _session(address: str | None, log: Callable[[str], None]) -> Iterator[None]:
     kwargs = dict(log_to_driver=False, logging_level=logging.ERROR)
-    if address is None:
-        # A new instance (never a cluster left by `ray start`), on loopback only.
-        kwargs.update(address="local", include_dashboard=False, _node_ip_address="127.0.0.1")
-    else:
-        kwargs.update(address=address)
-        if _is_loopback(address):
-            _keep_loopback()
-        _token_alone_is_enough()
-        log(f"Connecting to Ray at {address} ...")
     started = time.perf_counter()
-    with _held_stderr(hold=address is not None) as held:
+    if address is None:
+        # A new instance (never a cluster left by `ray start`): loopback, a token its own.
+        kwargs.update(address="local", include_dashboard=False, _node_ip_address="127.0.0.1")
+        with local_ray.loopback_and_own_token():
+            failure = _start_local(kwargs, log)
+            if failure is not None:
+                raise _connect_error(address, failure, "") from None
+            yield from _run(address, log, started)
+        return
+    kwargs.update(address=address)
+    if _is_loopback(address):
+        _keep_loopback()
+    _token_alone_is_enough()
+    log(f"Connecting to Ray at {address} ...")
+    with _held_stderr(hold=True) as held:
         try:
             ray.init(**kwargs)
             failure = None
@@ -83,6 +94,10 @@ def connect(address: str | None, log: Callable[[str], None] = _say) -> Iterator[
     if failure is not None:
         raise _connect_error(address, failure, held.text) from None
     sys.stderr.write(held.text)  # what Ray said while connecting, now that it worked
+    yield from _run(address, log, started)
+
+
+def _run(address: str | None, log: Callable[[str], None], started: float) -> Iterator[None]:
     have = ray.cluster_resources()
     log(
         f"{'Started a local Ray' if address is None else f'Connected to Ray at {address}'}: "
@@ -97,6 +112,23 @@ def connect(address: str | None, log: Callable[[str], None] = _say) -> Iterator[
 
 class _Held:
     text = ""
+
+
+def _start_local(kwargs: dict, log: Callable[[str], None], tries: int = 2) -> Exception | None:
+    """Start the embedded Ray, one mnist-ray start at a time on this machine (see
+    local_ray.py); a start that timed out is cleaned up and tried again, once."""
+    for attempt in range(1, tries + 1):
+        with local_ray.start_lock(log):
+            try:
+                ray.init(**kwargs)
+                return None
+            except Exception as exc:  # Ray raises a bare Exception for a start that timed out
+                if not local_ray.timed_out(exc) or attempt == tries:
+                    return exc
+                ray.shutdown()
+                local_ray.end_children()
+                log("Ray's start timed out on a busy machine; starting it again ...")
+    return None
 
 
 @contextmanager
@@ -136,7 +168,9 @@ def _connect_error(address: str | None, exc: BaseException, said: str) -> Except
     where = address or "a local Ray instance"
     if "InvalidAuthToken" in said or "Unauthenticated" in said:
         return token_error(where, os.environ.get("RAY_AUTH_MODE", "").lower() != "token")
-    return ClusterError(f"--address {where}: could not connect ({first_line(exc)})")
+    said = " ".join(str(exc).split())  # Ray's client puts the reason on a second line
+    said = said if len(said) <= 300 else said[:297] + "..."
+    return ClusterError(f"--address {where}: could not connect ({said or type(exc).__name__})")
 
 
 def _check_reachable(address: str, timeout: float = 3.0) -> None:
@@ -198,12 +232,23 @@ def _cancel(tasks: list, done: list, timeout: float = 30) -> None:
     ray.wait(done, num_returns=len(done), timeout=timeout)
 
 
-def _failure(what: str, exc: ray.exceptions.RayError) -> ClusterError:
-    """One line for a stage that failed. An exception raised by the task itself (a bad
-    file, a bug) is never retried by Ray, so only a lost worker or node says "retries"."""
+# Deaths Ray retries (max_retries); anything the task itself raised is never retried.
+RETRIED = (
+    ray.exceptions.WorkerCrashedError,
+    ray.exceptions.NodeDiedError,
+    ray.exceptions.OutOfMemoryError,
+)
+
+
+def _failure(what: str, exc: BaseException) -> ClusterError:
+    """One line: retries are named only when Ray retried; an error the task raised (a bad
+    file, a bug) is its cause, once."""
+    if isinstance(exc, RETRIED):
+        return ClusterError(f"{what} failed after {RETRIES} retries: {first_line(exc)}")
     if isinstance(exc, ray.exceptions.RayTaskError):
-        return ClusterError(f"{what} failed: {first_line(exc.cause or exc)}")
-    return ClusterError(f"{what} failed after {RETRIES} retries: {first_line(exc)}")
+        cause = getattr(exc, "cause", None) or exc
+        return ClusterError(f"{what} failed: {type(cause).__name__}: {first_line(cause)}")
+    return ClusterError(f"{what} failed: {first_line(exc)}")
 
 
 def peak_rss_mib() -> float:
@@ -444,6 +489,7 @@ def evaluate_on_ray(
             shown[0] = done
 
     parts = _gather(refs, "evaluation", tick=progress)
+    progress(shards)  # the last line says N/N, whenever the last shard finished
     merged = merge(parts)
     merged["node_ids"] = sorted({p["node_id"] for p in parts})
     merged["shard_peak_rss_mib"] = max(p["peak_rss_mib"] for p in parts)

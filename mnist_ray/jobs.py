@@ -5,6 +5,7 @@
     mnist-ray jobs status raysubmit_XYZ --address http://127.0.0.1:8265
     mnist-ray jobs logs raysubmit_XYZ --follow
     mnist-ray jobs stop raysubmit_XYZ
+    mnist-ray jobs list --json                 # mnist-ray's jobs on the cluster, newest first
 
 The job's entrypoint is the command the user typed, less --address/--wait/--no-wait, with
 the store spelled out; Ray runs it as the job's driver on the head, where it connects to
@@ -17,11 +18,13 @@ with RAY_AUTH_MODE=token; RAY_AUTH_TOKEN alone is enough here.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shlex
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -29,6 +32,7 @@ import typer
 
 from mnist_ray.config import first_line
 from mnist_ray.errors import ClusterError, token_error
+from mnist_ray.streams import NONCE_VAR, LogSplitter, new_nonce
 from mnist_ray.ui import friendly
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
@@ -94,6 +98,15 @@ def check_shared_store(store: str) -> None:
     )
 
 
+def absolute_store(store: str, address: str | None) -> str:
+    """With a cluster, tasks run in other working directories, maybe on other machines: a
+    relative folder is made absolute here, on the driver, so it names the same place for
+    every task (a folder every node mounts at that path)."""
+    if address is None or "://" in store:
+        return store
+    return os.path.abspath(os.path.expanduser(store))
+
+
 # ---- the client -------------------------------------------------------------------------------
 
 
@@ -141,12 +154,18 @@ def _call(address: str, what: str, fn, *args):
 # ---- submit, follow, report -------------------------------------------------------------------
 
 
-def submit(address: str, entry: str, kind: str) -> tuple[object, str]:
+def submit(address: str, entry: str, kind: str, nonce: str | None = None) -> tuple[object, str]:
     c = client(address)
+    # the job frames its result lines with the nonce, so they come back apart from its log
+    runtime_env = {"env_vars": {NONCE_VAR: nonce}} if nonce else None
     job_id = _call(
         address,
         "submitting the job",
-        lambda: c.submit_job(entrypoint=entry, metadata={"app": "mnist-ray", "command": kind}),
+        lambda: c.submit_job(
+            entrypoint=entry,
+            metadata={"app": "mnist-ray", "command": kind},
+            runtime_env=runtime_env,
+        ),
     )
     return c, job_id
 
@@ -192,19 +211,23 @@ def submit_cli(
     check_shared_store(store)
     entry = entrypoint(argv, store)
     kind = " ".join(a for a in argv[:2] if not a.startswith("-"))
-    c, job_id = submit(address, entry, kind)
+    nonce = new_nonce()
+    c, job_id = submit(address, entry, kind, nonce)
     log(f"Submitted job {job_id} to {address}: {entry}")
-    if not wait:
-        print(job_id)
+    if not wait:  # the job id is the result; with --json, as one JSON document
+        print(json.dumps({"job_id": job_id, "address": address}) if "--json" in argv else job_id)
         log(f"Follow it with: mnist-ray jobs logs {job_id} --follow --address {address}")
         return 0
+    split = LogSplitter(sys.stdout, sys.stderr, nonce)  # the log to stderr, the result to stdout
     try:
-        follow(c, job_id, lambda chunk: (sys.stdout.write(chunk), sys.stdout.flush()))
+        follow(c, job_id, split.feed)
     except KeyboardInterrupt:
+        split.close()
         log(f"Stopped following; job {job_id} keeps running (mnist-ray jobs stop {job_id}).")
         return 130
     except Exception as exc:  # the log stream broke: the status below still says how it ended
         log(f"Log stream of job {job_id} ended early ({first_line(exc)}).")
+    split.close()
     return outcome(final_status(c, address, job_id), job_id, log)
 
 
@@ -267,13 +290,16 @@ def logs(
     Example: mnist-ray jobs logs raysubmit_XYZ --follow
     """
     c = client(_remote(address))
+    split = LogSplitter(sys.stdout, sys.stderr)  # as when submitting: the result to stdout
     if not follow_:
-        sys.stdout.write(_call(address, f"job {job_id}", c.get_job_logs, job_id))
+        split.feed(_call(address, f"job {job_id}", c.get_job_logs, job_id))
+        split.close()
         return
     # a missing job: one line here, not a websocket error below
     _call(address, f"job {job_id}", c.get_job_info, job_id)
     try:
-        follow(c, job_id, lambda chunk: (sys.stdout.write(chunk), sys.stdout.flush()))
+        follow(c, job_id, split.feed)
+        split.close()
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     except Exception as exc:
@@ -291,3 +317,43 @@ def stop(job_id: JobId, address: Address = "http://127.0.0.1:8265") -> None:
     c = client(_remote(address))
     stopped = _call(address, f"job {job_id}", c.stop_job, job_id)
     print(f"{job_id}: {'stopping' if stopped else 'not running, nothing to stop'}")
+
+
+@app.command("list")
+@friendly
+def list_jobs(
+    address: Address = "http://127.0.0.1:8265",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON list to stdout.")] = False,
+) -> None:
+    """List the mnist-ray jobs on the cluster (those `submit train` and `evaluate` submitted),
+    newest first.
+
+    Example: mnist-ray jobs list --address http://127.0.0.1:8265 --json
+    """
+    c = client(_remote(address))
+    found = _call(address, "listing jobs", c.list_jobs)
+    rows = [job_row(j) for j in found if (j.metadata or {}).get("app") == "mnist-ray"]
+    rows.sort(key=lambda r: (r["start_time"] or "", r["job_id"]), reverse=True)
+    if as_json:
+        print(json.dumps(rows))
+        return
+    for r in rows:
+        started = (r["start_time"] or "-")[:19].replace("T", " ")
+        print(f"{r['job_id']}  {r['status']:<9}  {started}  {r['command']}")
+
+
+def job_row(job) -> dict:
+    """What a script wants of a job: ids, state, times (UTC, ISO 8601), what it runs."""
+
+    def iso(ms):
+        return datetime.fromtimestamp(ms / 1000, UTC).isoformat() if ms else None
+
+    return {
+        "job_id": job.submission_id,
+        "status": str(job.status),
+        "command": (job.metadata or {}).get("command", ""),
+        "entrypoint": job.entrypoint,
+        "start_time": iso(job.start_time),
+        "end_time": iso(job.end_time),
+        "message": job.message,
+    }

@@ -217,24 +217,46 @@ class Store:
 
     def find_run(self, run: str | None) -> dict:
         """The run with this id (or unique id prefix), or the latest run when run is None."""
-        runs, _ = self.read("runs")
-        if run is None:
-            if not runs:
+        return self.find("runs", run, "--run")
+
+    def find(self, table: str, wanted: str | None, option: str) -> dict:
+        """The row whose id is `wanted` or, failing that, the one row whose id starts with
+        it; the latest row when wanted is None. Several matches are refused, listed."""
+        rows, _ = self.read(table)
+        what = table[:-1]  # "run", "evaluation"
+        if wanted is None:
+            if not rows:
+                first = "mnist-ray submit train" if table == "runs" else "mnist-ray evaluate"
                 raise StoreError(
-                    f"--store {self.location}: no runs yet; train one with `mnist-ray submit train`"
+                    f"--store {self.location}: no {table} yet; make one with `{first}`"
                 )
-            return runs[-1]
-        check_id(run, "--run")
-        hits = [r for r in runs if r["run_id"] == run] or [
-            r for r in runs if r["run_id"].startswith(run)
+            return rows[-1]
+        check_id(wanted, option)
+        key = KEYS[table]
+        hits = [r for r in rows if r[key] == wanted] or [
+            r for r in rows if r[key].startswith(wanted)
         ]
         if len(hits) == 1:
             return hits[0]
         if not hits:
-            raise StoreError(
-                f"--run {run}: no such run in {self.location}; see `mnist-ray results`"
-            )
-        raise StoreError(f"--run {run}: matches {len(hits)} runs; give more of the id")
+            held = "see `mnist-ray results`" if rows else f"it holds no {table} yet"
+            raise StoreError(f"{option} {wanted}: no such {what} in {self.location}; {held}")
+        ids = ", ".join(r[key] for r in hits[:5]) + (", ..." if len(hits) > 5 else "")
+        raise StoreError(
+            f"{option} {wanted}: matches {len(hits)} {table} ({ids}); give more of the id"
+        )
+
+    def check_exists(self) -> None:
+        """For commands that only read: a store that isn't there is a mistyped path, not an
+        empty store."""
+        try:
+            found = self.fs.get_file_info(self.root).type
+        except (OSError, pa.ArrowException) as exc:
+            raise StoreError(f"--store {self.location}: {first_line(exc)}") from None
+        if found == pafs.FileType.NotFound:
+            raise StoreError(f"--store {self.location}: no such store (nothing at that path)")
+        if found != pafs.FileType.Directory:
+            raise StoreError(f"--store {self.location}: not a folder")
 
     # -- weights -------------------------------------------------------------------------------
     def write_weights(self, run_id: str, weights: dict[str, np.ndarray]) -> tuple[str, str]:

@@ -25,6 +25,9 @@ out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty()
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+RAY_COMMANDS = {"submit_train", "evaluate", "sweep"}  # those whose Ctrl-C cancels Ray tasks
+
+
 def fail(message: str, code: int = 1) -> None:
     err.print(f"[bold red]Error:[/] {message}", markup=True)
     raise typer.Exit(code)
@@ -41,8 +44,12 @@ def friendly(fn):
             raise typer.BadParameter(exc.message, param_hint=f"'{exc.option}'") from None
         except (DataError, StoreError, ClusterError) as exc:
             fail(str(exc))
-        except KeyboardInterrupt:
-            fail("interrupted: the Ray tasks were cancelled and nothing was written.", 130)
+        except KeyboardInterrupt:  # not an error: the user asked to stop
+            said = "interrupted"
+            if fn.__name__ in RAY_COMMANDS:
+                said += ": the Ray tasks were cancelled and nothing was written."
+            err.print(said)
+            raise typer.Exit(130) from None
 
     return wrapper
 

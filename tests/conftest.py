@@ -169,6 +169,8 @@ def free_range(size: int, tries: int = 50) -> tuple[int, int]:
     """A block of `size` consecutive free ports for Ray's workers."""
     for _ in range(tries):
         start = random.randrange(20000, 30000 - size)
+        if start + size > 23000 and start < 24000:  # the Ray client's per-driver servers' ports
+            continue
         try:
             for port in range(start, start + size):
                 with socket.socket() as s:
@@ -269,6 +271,7 @@ class RayCluster:
     logs: list[Path] = field(default_factory=list)
     gcs: str = ""
     dashboard: str = ""
+    client: str = ""  # ray://HOST:PORT, the head's Ray client server
 
     def start(self, args: list[str], head: bool, log: Path, attempts: int = 2) -> dict:
         """Start one node and wait until it serves. A loaded machine can make `ray start`
@@ -295,13 +298,19 @@ class RayCluster:
             ]
             self.gcs = f"127.0.0.1:{ports['port']}"
             self.dashboard = f"http://127.0.0.1:{ports['dashboard-port']}"
+            self.client = f"ray://127.0.0.1:{ports['ray-client-server-port']}"
         else:
             cmd += [f"--address={self.gcs}"]
         out = open(log, "ab")  # noqa: SIM115 - handed to the process, closed with it
         if log not in self.logs:
             self.logs.append(log)
-        proc = subprocess.Popen(
-            cmd + args, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        proc = subprocess.Popen(  # nodes work in their own folder, never the driver's
+            cmd + args,
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=self.temp_dir,
         )
         self.procs.append(proc)
         return proc, ports

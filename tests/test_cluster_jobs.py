@@ -7,8 +7,10 @@ a user runs it, and the store is a folder both nodes see.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
+from pathlib import Path
 
 from conftest import VENV_BIN, client_env, free_ports, mnist_ray, one_line_error
 
@@ -154,3 +156,124 @@ def test_a_gcs_address_wants_the_token_and_takes_it_alone(ray_cli_cluster, tmp_p
     assert f"Connected to Ray at {cluster.gcs}: 2 CPUs, 1 GPUs" in ok.stderr
     (run,) = Store(str(store)).read("runs")[0]
     assert run["node_id"] == gpu_node_id and run["epochs"] == 1
+
+
+# ---- stdout is one JSON document in every mode; a store means the same on every node -----------
+
+
+def _json_stdout(result):
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)  # all of stdout: nothing of Ray's or the job's log
+
+
+def test_json_through_the_jobs_api_is_the_whole_of_stdout(ray_cli_cluster, tmp_path):
+    cluster, _ = ray_cli_cluster
+    store = tmp_path / "store"
+    env = client_env(tmp_path, RAY_AUTH_TOKEN=cluster.token)
+    base = ["--address", cluster.dashboard, "--store", str(store), "--json"]
+    train = mnist_ray(["submit", "train", "--epochs", "1", *base], env)
+    row = _json_stdout(train)
+    assert "Epoch: 0001 cost" in train.stderr  # the job's log streams to stderr
+    (stored,) = Store(str(store)).read("runs")[0]
+    assert row["run_id"] == stored["run_id"] and row["epoch_costs"] == stored["epoch_costs"]
+    evaluate = mnist_ray(["evaluate", "--shards", "2", *base], env)
+    row = _json_stdout(evaluate)
+    assert "Runtime env is setting up" in evaluate.stderr or "Shards done" in evaluate.stderr
+    assert row["run_id"] == stored["run_id"] and row["total"] == 10_000
+    # what a script sees of them: mnist-ray's jobs, newest first, as one JSON list
+    queued = _json_stdout(mnist_ray(["evaluate", "--shards", "1", "--no-wait", *base], env))
+    assert JOB_ID.fullmatch(queued["job_id"]) and queued["address"] == cluster.dashboard
+    logs = mnist_ray(["jobs", "logs", queued["job_id"], "--follow", *base[:2]], env)
+    assert json.loads(logs.stdout)["shards"] == 1  # the job's result, apart from its log
+    listed = _json_stdout(mnist_ray(["jobs", "list", *base[:2], "--json"], env))
+    ours = [j for j in listed if j["job_id"] in (job_of(train), job_of(evaluate), queued["job_id"])]
+    assert [j["command"] for j in ours] == ["evaluate", "evaluate", "submit train"]
+    assert ours[0]["job_id"] == queued["job_id"]  # newest first
+    assert all(j["status"] == "SUCCEEDED" and j["start_time"] for j in ours)
+    assert all("mnist-ray" in j["entrypoint"] for j in listed)
+
+
+def job_of(result) -> str:
+    return JOB_ID.search(result.stderr).group(0)
+
+
+def test_relative_store_means_the_same_on_every_node_and_json_via_gcs_and_ray_client(
+    ray_cli_cluster, tmp_path
+):
+    """The driver works in its own folder, the nodes in theirs (the cluster's temp dir):
+    a relative --store reaches the tasks as the driver's absolute path."""
+    cluster, gpu_node_id = ray_cli_cluster
+    driver_dir = tmp_path / "driver"
+    driver_dir.mkdir()
+    env = client_env(tmp_path, RAY_AUTH_TOKEN=cluster.token)
+
+    def run(args):
+        return subprocess.run(
+            [f"{VENV_BIN}/mnist-ray", *args, "--store", "rel-store", "--json"],
+            env=env,
+            cwd=driver_dir,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    train = run(["submit", "train", "--epochs", "2", "--gpus", "1", "--address", cluster.gcs])
+    row = _json_stdout(train)
+    store = driver_dir / "rel-store"
+    assert row["weights_uri"] == str(store / "weights" / f"{row['run_id']}.safetensors")
+    assert row["node_id"] == gpu_node_id  # trained on the other node, in another folder
+    (stored,) = Store(str(store)).read("runs")[0]
+    assert stored["run_id"] == row["run_id"]
+    # the task wrote its checkpoints to the driver's store (then cleared), nowhere else
+    assert not list(cluster.temp_dir.rglob("rel-store"))
+    assert not (store / "checkpoints" / row["run_id"]).exists()
+
+    # both commands, both ways of running the driver here: stdout is one JSON document
+    evals = [
+        _json_stdout(run(["evaluate", "--shards", "2", "--address", address]))
+        for address in (cluster.client, cluster.gcs)
+    ]
+    assert all(e["run_id"] == row["run_id"] and e["total"] == 10_000 for e in evals)
+    stored = [e["eval_id"] for e in Store(str(store)).read("evaluations")[0]]
+    assert stored == [e["eval_id"] for e in evals]
+    again = _json_stdout(run(["submit", "train", "--epochs", "2", "--address", cluster.client]))
+    assert again["epoch_costs"] == row["epoch_costs"]  # same seed, same costs, via ray://
+
+
+# ---- tokens, as a person meets them -----------------------------------------------------------
+
+
+def test_the_readmes_token_lines_work_and_the_message_names_the_ways(ray_cli_cluster, tmp_path):
+    """The README's `export ... $(ray get-auth-token)` lines, run as written where the
+    head's token is in ~/.ray/auth_token; then Ray's default-file way alone."""
+    from conftest import REPO
+
+    cluster, _ = ray_cli_cluster
+    env = client_env(tmp_path)
+    (Path(env["HOME"]) / ".ray").mkdir(exist_ok=True)
+    (Path(env["HOME"]) / ".ray" / "auth_token").write_text(cluster.token)
+    readme = (REPO / "README.md").read_text().splitlines()
+    lines = [ln.strip() for ln in readme if "export RAY_AUTH_TOKEN=$(ray get-auth-token)" in ln]
+    assert lines
+    export = lines[-1]  # the "Where the token comes from" one; the others say the same
+    got = subprocess.run(
+        ["bash", "-c", f"{export}\nmnist-ray jobs list --json --address {cluster.dashboard}"],
+        env=env | {"PATH": f"{VENV_BIN}:{env['PATH']}"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert got.returncode == 0, got.stderr
+    assert isinstance(json.loads(got.stdout), list)
+
+    store = tmp_path / "store"
+    args = ["submit", "train", "--epochs", "1", "--address", cluster.gcs, "--store", str(store)]
+    (tmp_path / "other").mkdir()
+    refused = mnist_ray(args, client_env(tmp_path / "other"), 120)  # no token anywhere
+    assert refused.returncode == 1
+    message = refused.stderr.strip().splitlines()[-1]
+    for way in ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE=token", "~/.ray/auth_token", "get-auth-token"):
+        assert way in message, message
+    default_file = mnist_ray([*args, "--json"], env | {"RAY_AUTH_MODE": "token"})
+    row = _json_stdout(default_file)  # RAY_AUTH_MODE=token and the default file: enough
+    assert row["epochs"] == 1

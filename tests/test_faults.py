@@ -441,3 +441,48 @@ def test_eight_concurrent_evaluations_write_eight_rows(local, tmp_path):
     assert len(rows) == 8 and len({r["eval_id"] for r in rows}) == 8
     assert len(_parquet_files(tmp_path / "store", "evaluations")) == 8
     assert len({r["accuracy"] for r in rows}) == 1
+
+
+# ---- stdout stays one JSON document while Ray reports a worker's death ------------------------
+
+
+def test_killed_training_worker_leaves_stdout_one_json_document(local, train_split, tmp_path):
+    """HOST:PORT: Ray prints `(raylet) A worker died ...` to the driver's stdout; it must end up
+    on stderr as one line, and the retried run's costs equal an uninterrupted run's."""
+    import json
+
+    images, labels = train_split
+    store = tmp_path / "store"
+    proc = local.cli("submit", "train", "--epochs", "4", "--store", str(store), "--json")
+    reference = {}
+    ref_thread = threading.Thread(  # the same training, uninterrupted, on the other CPU
+        target=lambda: reference.update(
+            cluster.train_on_ray(
+                TrainConfig(epochs=4), images, labels, Store(tmp_path / "ref"), "run-reference"
+            )
+        )
+    )
+    try:
+        task = _wait(
+            lambda: [t for t in local.tasks(state="RUNNING") if t.name.startswith("train run-")],
+            "the training task",
+            timeout=120,
+        )[0]
+        ref_thread.start()
+        time.sleep(1.0)  # into its epochs
+        os.kill(task.worker_pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    ref_thread.join(timeout=300)
+    assert proc.returncode == 0, stderr
+    row = json.loads(stdout)  # the whole of stdout
+    assert row["epoch_costs"] == reference["epoch_costs"]
+    assert _wait(  # Ray really retried it (the state API catches up within seconds)
+        lambda: any(t.attempt_number >= 1 for t in local.tasks(name=f"train {row['run_id']}")),
+        "a second attempt in the state API",
+        timeout=30,
+    )
+    died = [line for line in stderr.splitlines() if "A worker died" in line]
+    assert len(died) == 1 and f"pid {task.worker_pid}" in died[0], stderr
