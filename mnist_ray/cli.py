@@ -410,6 +410,73 @@ def write_png(pixels, path: Path, title: str) -> None:
         _fail(f"--png {path}: {exc.strerror or exc}")
 
 
+# ---- query and compact ------------------------------------------------------------------------
+
+CsvOpt = Annotated[bool, typer.Option("--csv", help="Print CSV (a header line, then rows).")]
+
+
+def _skipped(bad: list[tuple[str, str]]) -> None:
+    for path, problem in bad:
+        err.print(f"[yellow]Skipped[/] {path}: {problem}", markup=True)
+
+
+def _print_rows(title: str, columns: list[str], rows: list[dict], as_json: bool, as_csv: bool):
+    from mnist_ray import output
+
+    if as_json and as_csv:
+        raise typer.BadParameter("choose one of --json and --csv", param_hint="'--csv'")
+    if as_json:
+        print(output.as_json(rows))
+    elif as_csv:
+        sys.stdout.write(output.as_csv(columns, rows))
+    else:
+        out.print(output.as_table(title, columns, rows))
+
+
+@app.command()
+@friendly
+def query(
+    sql: Annotated[str, typer.Argument(help="SQL over the views `runs` and `evaluations`.")],
+    store: StoreOpt = DEFAULT_STORE,
+    as_json: JsonOpt = False,
+    as_csv: CsvOpt = False,
+) -> None:
+    """Ask the store anything in SQL (DuckDB): the tables are `runs` and `evaluations`.
+
+    Example: mnist-ray query "select run_id, lr, epoch_costs[-1] as cost from runs"
+    """
+    from mnist_ray.query import QueryError, run_sql
+
+    try:
+        result, bad = run_sql(Store(store), sql)
+    except QueryError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'SQL'") from None
+    _skipped(bad)
+    _print_rows(f"query on {store}", result.column_names, result.to_pylist(), as_json, as_csv)
+
+
+@app.command()
+@friendly
+def compact(store: StoreOpt = DEFAULT_STORE, as_json: JsonOpt = False) -> None:
+    """Merge each table's row files into one file, so reads stay fast; safe while jobs write.
+
+    Example: mnist-ray compact --store ./mnist-ray-store
+    """
+    from mnist_ray.compact import compact_all
+
+    target = Store(store)
+    summaries, bad = compact_all(target)
+    _skipped(bad)
+    if as_json:
+        print(_json({"tables": summaries}))
+        return
+    for s in summaries:
+        if s["merged"]:
+            out.print(f"{s['table']}: {s['merged']} files -> 1 ({s['rows']} rows) {s['uri']}")
+        else:
+            out.print(f"{s['table']}: {s['files']} file(s), nothing to merge")
+
+
 @app.callback(invoke_without_command=True)
 def main(
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,

@@ -199,23 +199,12 @@ class Store:
         return [f"{folder}/{n}" for n in sorted(names)]
 
     def read(self, table: str) -> tuple[list[dict], list[tuple[str, str]]]:
-        """Every good row of a table, oldest first, and (file, problem) for each bad file."""
-        rows, bad = [], []
-        for relpath in self.list(table, ".parquet"):
-            try:
-                got = pq.read_table(self.path(relpath), filesystem=self.fs)
-                missing = set(SCHEMAS[table].names) - set(got.column_names)
-                if required := missing - OPTIONAL:
-                    raise ValueError(f"not a {table} file: missing {', '.join(sorted(required))}")
-                for name in missing:
-                    got = got.append_column(
-                        name, pa.nulls(len(got), SCHEMAS[table].field(name).type)
-                    )
-                rows.extend(got.select(SCHEMAS[table].names).to_pylist())
-            except (OSError, pa.ArrowException, ValueError) as exc:
-                bad.append((self.uri(relpath), first_line(exc)))
-        rows.sort(key=lambda r: (r["created_at"], r[KEYS[table]]))
-        return rows, bad
+        """Every good row of a table, oldest first, and (file, problem) for each bad file.
+        DuckDB reads them (mnist_ray/query.py): one row per id, older files' missing
+        columns as null."""
+        from mnist_ray.query import read_rows  # imports this module
+
+        return read_rows(self, table)
 
     def find_run(self, run: str | None) -> dict:
         """The run with this id (or unique id prefix), or the latest run when run is None."""
