@@ -19,7 +19,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from mnist_ray import __version__, jobs
 from mnist_ray.config import MAX_SHARDS, ConfigError, EvalConfig, TrainConfig, check_id
@@ -298,47 +297,57 @@ def evaluate(
 
 @app.command()
 @friendly
-def results(store: StoreOpt = DEFAULT_STORE, as_json: JsonOpt = False) -> None:
-    """List the runs and evaluations in the store; unreadable files are named, not fatal.
+def results(
+    store: StoreOpt = DEFAULT_STORE,
+    where: Annotated[
+        str | None,
+        typer.Option(help='SQL condition on the run columns, e.g. "lr < 0.1 and epochs > 5".'),
+    ] = None,
+    sort: Annotated[
+        str | None, typer.Option(help="Column to sort runs by; -COLUMN for descending.")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Show this many runs (the latest, unless --sort).")
+    ] = None,
+    all_columns: Annotated[
+        bool, typer.Option("--all-columns", help="Show parameters equal in every run too.")
+    ] = False,
+    as_json: JsonOpt = False,
+    as_csv: Annotated[
+        bool, typer.Option("--csv", help="Print the runs as CSV, every column.")
+    ] = False,
+) -> None:
+    """Compare the runs (parameters that differ, last and best cost, latest accuracy) and
+    list their evaluations; unreadable files are named, not fatal.
 
-    Example: mnist-ray results --store ./mnist-ray-store
+    Example: mnist-ray results --where "lr < 0.1" --sort -accuracy --limit 20
     """
+    from mnist_ray import output
+    from mnist_ray.compare import caption, listing
+    from mnist_ray.query import QueryError
+
+    if as_json and as_csv:
+        raise typer.BadParameter("choose one of --json and --csv", param_hint="'--csv'")
     target = Store(store)
-    runs, bad_runs = target.read("runs")
-    evals, bad_evals = target.read("evaluations")
-    for path, problem in bad_runs + bad_evals:
-        err.print(f"[yellow]Skipped[/] {path}: {problem}", markup=True)
+    try:
+        view = listing(target, where, sort, limit, all_columns)
+    except QueryError as exc:
+        option = "--sort" if str(exc).startswith("--sort") else "--where"
+        raise typer.BadParameter(str(exc).split(": ", 1)[1], param_hint=f"'{option}'") from None
+    _skipped(view.bad)
     if as_json:
-        print(_json({"runs": runs, "evaluations": evals}))
+        print(output.as_json({"runs": view.runs, "evaluations": view.evaluations}))
         return
-    table = Table(title=f"runs in {target.location}", title_justify="left")
-    for col in ("run_id", "created", "dataset", "epochs", "device", "final cost", "seconds"):
-        table.add_column(col)
-    for r in runs:
-        cost = f"{r['epoch_costs'][-1]:.9f}" if r["epoch_costs"] else "-"
-        table.add_row(
-            r["run_id"],
-            f"{r['created_at']:%Y-%m-%d %H:%M}",
-            r["dataset"],
-            str(r["epochs"]),
-            r["device"],
-            cost,
-            f"{r['train_seconds']:.2f}",
-        )
+    if as_csv:
+        sys.stdout.write(output.as_csv(list(view.runs[0]) if view.runs else [], view.runs))
+        return
+    table = output.as_table(f"runs in {target.location}", view.run_columns, view.runs)
+    table.caption, table.caption_justify = caption(view.same), "left"
     out.print(table)
-    table = Table(title=f"evaluations in {target.location}", title_justify="left")
-    for col in ("eval_id", "run_id", "shards", "accuracy", "correct", "sample"):
-        table.add_column(col)
-    for e in evals:
-        table.add_row(
-            e["eval_id"],
-            e["run_id"],
-            str(e["shards"]),
-            f"{e['accuracy']:.4f}",
-            f"{e['correct']}/{e['total']}",
-            f"#{e['sample_index']}: {e['sample_label']} -> {e['sample_prediction']}",
-        )
-    out.print(table)
+    from mnist_ray.compare import EVAL_COLUMNS
+
+    title = f"evaluations in {target.location}"
+    out.print(output.as_table(title, EVAL_COLUMNS, view.evaluations))
 
 
 @app.command()
