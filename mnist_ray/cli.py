@@ -486,6 +486,54 @@ def compact(store: StoreOpt = DEFAULT_STORE, as_json: JsonOpt = False) -> None:
             out.print(f"{s['table']}: {s['files']} file(s), nothing to merge")
 
 
+@app.command()
+@friendly
+def compare(
+    runs: Annotated[list[str], typer.Argument(help="Two or more run ids or unique prefixes.")],
+    store: StoreOpt = DEFAULT_STORE,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare runs: parameters that differ, costs per epoch side by side with each curve,
+    accuracy, and per-class and confusion changes against the first run.
+
+    Example: mnist-ray compare run-20261126-1802 run-20261126-1815
+    """
+    from mnist_ray import output
+    from mnist_ray.compare import compare_runs
+
+    if len(runs) < 2:
+        raise typer.BadParameter("give at least two runs to compare", param_hint="'RUNS'")
+    for r in runs:
+        _id(r)
+    c = compare_runs(Store(store), runs)
+    if as_json:
+        print(output.as_json(c))
+        return
+    ids = [r["run_id"] for r in c["runs"]]
+    columns = ["run_id", *c["differ"], "last_cost", "best_cost", "accuracy", "curve"]
+    out.print(output.as_table("runs compared", columns, c["runs"]))
+    if c["same"]:
+        out.print("same in every run: " + ", ".join(f"{k}={v}" for k, v in c["same"].items()))
+    epochs = [
+        {"epoch": e["epoch"]} | {i: output.cell("cost", e[i]) for i in ids} for e in c["epochs"]
+    ]
+    out.print(output.as_table("cost per epoch", ["epoch", *ids], epochs))
+    for d in c["against_first"]:
+        if d["per_class"] is None:
+            out.print(f"{d['run_id']} vs {ids[0]}: no evaluation of both; run `mnist-ray evaluate`")
+            continue
+        title = f"per-class accuracy, {d['run_id']} vs {ids[0]}"
+        rows = [row | {"delta": f"{row['delta']:+.4f}"} for row in d["per_class"]]
+        columns = ["class", "accuracy_first", "accuracy_other", "delta"]
+        out.print(output.as_table(title, columns, rows))
+        out.print(f"largest confusion changes, {d['run_id']} vs {ids[0]}:")
+        for cell in d["confusion"]:
+            out.print(
+                f"  true {cell['true']} -> predicted {cell['predicted']}: "
+                f"{cell['first']} -> {cell['other']} ({cell['delta']:+d})"
+            )
+
+
 @app.callback(invoke_without_command=True)
 def main(
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,

@@ -127,3 +127,92 @@ def safe_where(where: str | None) -> str | None:
     if where is not None and re.search(r";", where):
         raise QueryError(f"--where {where}: one SQL condition, without ';'")
     return where
+
+
+# ---- compare RUN RUN ... -----------------------------------------------------------------------
+
+SPARKS = "▁▂▃▄▅▆▇█"
+TOP_CHANGES = 5  # confusion-matrix cells listed per compared run
+EVAL_READ = ["eval_id", "run_id", "created_at", "accuracy", "per_class_accuracy", "confusion"]
+
+
+def sparkline(values: list[float], low: float, high: float) -> str:
+    """A curve in one line of text, on a scale shared by every run compared."""
+    span = (high - low) or 1.0
+    return "".join(SPARKS[min(7, int((v - low) / span * 8))] for v in values)
+
+
+def compare_runs(store: Store, run_ids: list[str]) -> dict:
+    """Everything `compare` prints, as data: the first run is the one the others are
+    measured against."""
+    runs = [store.find_run(r) for r in run_ids]
+    con, _ = open_store(store, ["evaluations"], columns={"evaluations": EVAL_READ})
+    latest = {
+        e["run_id"]: e
+        for e in con.sql("SELECT * FROM evaluations ORDER BY created_at, eval_id")
+        .to_arrow_table()
+        .to_pylist()
+        if e["run_id"] in {r["run_id"] for r in runs}
+    }
+    differ, same = differing(runs, PARAMS)
+    costs = [r["epoch_costs"] or [] for r in runs]
+    flat = [c for cs in costs for c in cs]
+    low, high = (min(flat), max(flat)) if flat else (0.0, 1.0)
+    summary = []
+    for r, cs in zip(runs, costs, strict=True):
+        e = latest.get(r["run_id"])
+        summary.append(
+            {
+                "run_id": r["run_id"],
+                **{p: r[p] for p in differ},
+                "last_cost": cs[-1] if cs else None,
+                "best_cost": min(cs) if cs else None,
+                "accuracy": e["accuracy"] if e else None,
+                "eval_id": e["eval_id"] if e else None,
+                "curve": sparkline(cs, low, high),
+            }
+        )
+    return {
+        "runs": summary,
+        "differ": differ,
+        "same": same,
+        "epochs": _epochs_side_by_side(runs, costs),
+        "against_first": [
+            _deltas(latest.get(runs[0]["run_id"]), latest.get(r["run_id"]), r["run_id"])
+            for r in runs[1:]
+        ],
+    }
+
+
+def _epochs_side_by_side(runs: list[dict], costs: list[list[float]]) -> list[dict]:
+    longest = max((len(c) for c in costs), default=0)
+    return [
+        {
+            "epoch": i + 1,
+            **{
+                r["run_id"]: (c[i] if i < len(c) else None)
+                for r, c in zip(runs, costs, strict=True)
+            },
+        }
+        for i in range(longest)
+    ]
+
+
+def _deltas(first: dict | None, other: dict | None, run_id: str) -> dict:
+    """Per-class accuracy changes and the confusion cells that moved most, other - first."""
+    if first is None or other is None:
+        return {"run_id": run_id, "per_class": None, "confusion": None}
+    per_class = [
+        {"class": k, "accuracy_first": a, "accuracy_other": b, "delta": b - a}
+        for k, (a, b) in enumerate(
+            zip(first["per_class_accuracy"], other["per_class_accuracy"], strict=True)
+        )
+    ]
+    n = int(len(first["confusion"]) ** 0.5)
+    cells = [
+        {"true": i // n, "predicted": i % n, "first": a, "other": b, "delta": b - a}
+        for i, (a, b) in enumerate(zip(first["confusion"], other["confusion"], strict=True))
+        if i // n != i % n and a != b  # the mistakes: off the diagonal
+    ]
+    cells.sort(key=lambda c: (-abs(c["delta"]), c["true"], c["predicted"]))
+    return {"run_id": run_id, "per_class": per_class, "confusion": cells[:TOP_CHANGES]}
