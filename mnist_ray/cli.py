@@ -250,7 +250,7 @@ def evaluate(
     weights = target.read_weights(found)
     from mnist_ray import data
     from mnist_ray.cluster import connect, evaluate_on_ray
-    from mnist_ray.evaluate import sample_index
+    from mnist_ray.evaluate import misclassified_columns, sample_index
 
     images, labels = data.load(found["dataset"], "test", data_dir)
     target.check_writable()
@@ -276,6 +276,7 @@ def evaluate(
         "eval_seconds": time.perf_counter() - started,
         "node_ids": merged["node_ids"],
         "shard_peak_rss_mib": merged["shard_peak_rss_mib"],
+        **misclassified_columns(merged),
     }
     target.write_row("evaluations", row)
     if as_json:

@@ -81,6 +81,11 @@ EVALUATIONS = pa.schema(
         ("eval_seconds", pa.float64()),
         ("node_ids", pa.list_(pa.string())),  # the Ray nodes the shards ran on
         ("shard_peak_rss_mib", pa.float64()),  # the largest shard task's process, at its peak
+        # The first 25 misclassified test images, in test-set order (the report's grid):
+        ("misclassified_index", pa.list_(pa.int32())),
+        ("misclassified_label", pa.list_(pa.int32())),
+        ("misclassified_prediction", pa.list_(pa.int32())),
+        ("misclassified_pixels", pa.list_(pa.list_(pa.uint8()))),  # each 28x28, row-major
     ]
 )
 
@@ -88,6 +93,7 @@ SCHEMAS = {"runs": RUNS, "evaluations": EVALUATIONS}
 KEYS = {"runs": "run_id", "evaluations": "eval_id"}
 # Columns added after the first release: read as null from files written before them.
 OPTIONAL = {"peak_rss_mib", "gpu_peak_mib", "shard_peak_rss_mib"}
+OPTIONAL |= {f"misclassified_{c}" for c in ("index", "label", "prediction", "pixels")}
 
 
 class StoreError(RuntimeError):
