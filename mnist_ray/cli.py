@@ -535,6 +535,46 @@ def compare(
             )
 
 
+@app.command()
+@friendly
+def report(
+    runs: Annotated[
+        list[str] | None,
+        typer.Argument(help="Run ids or unique prefixes (default: the latest 20 runs)."),
+    ] = None,
+    out_path: Annotated[
+        Path, typer.Option("--out", help="The HTML file to write.", dir_okay=False)
+    ] = Path("report.html"),
+    eval_id: Annotated[
+        str | None,
+        typer.Option("--eval", callback=_id, help="Evaluation to show (default: the latest)."),
+    ] = None,
+    store: StoreOpt = DEFAULT_STORE,
+) -> None:
+    """Write one self-contained HTML page: loss curves, accuracy against parameters, the
+    confusion matrix, per-class accuracy, the sample and the misclassified images.
+
+    Example: mnist-ray report --out report.html
+    """
+    import os
+    import uuid
+
+    from mnist_ray.report import build
+
+    for r in runs or []:
+        _id(r)
+    page, bad = build(Store(store), runs, eval_id)
+    _skipped(bad)
+    tmp = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        os.replace(tmp, out_path)  # never a half-written page
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        _fail(f"--out {out_path}: {exc.strerror or exc}")
+    print(out_path)
+
+
 @app.callback(invoke_without_command=True)
 def main(
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,

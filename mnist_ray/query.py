@@ -65,18 +65,29 @@ def connect() -> duckdb.DuckDBPyConnection:
 
 
 def open_store(
-    store: Store, tables=TABLES, columns: dict[str, list[str]] | None = None
+    store: Store,
+    tables=TABLES,
+    columns: dict[str, list[str]] | None = None,
+    where: dict[str, str] | None = None,
 ) -> tuple[duckdb.DuckDBPyConnection, Bad]:
     """A DuckDB connection holding each table, and (file, problem) for every bad file.
-    `columns` limits what is read per table (the id is always read)."""
+    `columns` limits what is read per table (the id is always read); `where` keeps only
+    the rows that match (DuckDB pushes it into the Parquet scan)."""
     con, bad = connect(), []
     for table in tables:
         names = (columns or {}).get(table) or SCHEMAS[table].names
-        bad += load(con, store, table, names)
+        bad += load(con, store, table, names, where=(where or {}).get(table))
     return con, bad
 
 
-def load(con, store: Store, table: str, names: list[str], files: list[str] | None = None) -> Bad:
+def load(
+    con,
+    store: Store,
+    table: str,
+    names: list[str],
+    files: list[str] | None = None,
+    where: str | None = None,
+) -> Bad:
     """Create DuckDB table `table` from the store's row files (or just `files`, relative
     paths, as `compact` does); returns the bad files."""
     key = KEYS[table]
@@ -87,9 +98,10 @@ def load(con, store: Store, table: str, names: list[str], files: list[str] | Non
         good = [f for f in listed if store.uri(f) not in {b[0] for b in bad}]
         try:
             if store.is_local:
-                _local_scan(con, store, good, table, names)
+                _local_scan(con, store, good, table, names, where)
             else:
-                _materialize(con, _remote_scan(con, store, good, table, bad), table, names)
+                raw = _remote_scan(con, store, good, table, bad)
+                _materialize(con, raw, table, names, where)
             bad += _drop_incomplete(con, store, table)
             _dedupe(con, table)
             return bad
@@ -110,21 +122,22 @@ class _BadFile(Exception):
         self.relpath, self.problem = relpath, problem
 
 
-def _local_scan(con, store: Store, relpaths: list[str], table: str, names: list[str]) -> None:
+def _local_scan(con, store: Store, relpaths: list[str], table: str, names, where) -> None:
     """DuckDB reads the files itself; first without merging schemas (half the time), with
     `union_by_name` when a file lacks a column the first one has."""
     if not relpaths:
-        return _materialize(con, _empty(con, table), table, names)
+        return _materialize(con, _empty(con, table), table, names, where)
     paths = [store.path(f) for f in relpaths]
     try:
         rel = con.read_parquet(paths, filename=True)
         if set(SCHEMAS[table].names) <= set(rel.columns):
-            return _materialize(con, rel, table, names)
+            return _materialize(con, rel, table, names, where)
     except duckdb.Error as exc:
         if "schema mismatch" not in str(exc):
             _explain(exc, store, relpaths)
     try:
-        _materialize(con, con.read_parquet(paths, filename=True, union_by_name=True), table, names)
+        rel = con.read_parquet(paths, filename=True, union_by_name=True)
+        _materialize(con, rel, table, names, where)
     except duckdb.Error as exc:
         _explain(exc, store, relpaths)
 
@@ -192,7 +205,7 @@ def _empty(con, table: str) -> duckdb.DuckDBPyRelation:
     return con.sql(f"SELECT {cols}, NULL::VARCHAR AS filename WHERE false")
 
 
-def _materialize(con, raw: duckdb.DuckDBPyRelation, table: str, names: list[str]) -> None:
+def _materialize(con, raw, table: str, names: list[str], where: str | None = None) -> None:
     """The table with the schema's types, columns missing from every file as null."""
     schema, have = SCHEMAS[table], set(raw.columns)
     cols = [

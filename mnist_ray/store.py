@@ -212,9 +212,11 @@ class Store:
 
         return read_rows(self, table)
 
-    def find_run(self, run: str | None) -> dict:
-        """The run with this id (or unique id prefix), or the latest run when run is None."""
-        runs, _ = self.read("runs")
+    def find_run(self, run: str | None, runs: list[dict] | None = None) -> dict:
+        """The run with this id (or unique id prefix), or the latest run when run is None;
+        among `runs` (oldest first) when the caller has read them already."""
+        if runs is None:
+            runs, _ = self.read("runs")
         if run is None:
             if not runs:
                 raise StoreError(
