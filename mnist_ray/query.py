@@ -216,7 +216,8 @@ def _materialize(con, raw, table: str, names: list[str], where: str | None = Non
     ]
     raw.create_view("_raw")
     con.execute(
-        f"CREATE OR REPLACE TABLE {table} AS SELECT {', '.join(cols)}, filename AS _file FROM _raw"
+        f"CREATE OR REPLACE TABLE {table} AS SELECT {', '.join(cols)}, filename AS _file "
+        f"FROM _raw WHERE {where or 'true'}"
     )
     con.execute("DROP VIEW _raw")
 

@@ -176,3 +176,12 @@ def test_compaction_while_writers_write_and_readers_read(tmp_path):
     expected = {f"run-w{k}-{i:04d}" for k in range(writers) for i in range(n)}
     assert bad == [] and sorted(r["run_id"] for r in rows) == sorted(expected)
     assert len(os.listdir(tmp_path / "s" / "runs")) == 1 and compactions >= 3
+
+
+def test_open_store_reads_only_the_rows_asked_for(tmp_path):
+    from mnist_ray.query import open_store
+
+    store = Store(tmp_path)
+    fill(store)
+    con, bad = open_store(store, ["runs"], where={"runs": "lr > 0.2"})
+    assert bad == [] and con.sql("select run_id from runs").fetchall() == [("run-lr05",)]
