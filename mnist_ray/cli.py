@@ -296,6 +296,9 @@ def evaluate(
 # ---- results and show -------------------------------------------------------------------------
 
 
+RESULTS_SHOWN = 50  # runs in the results table when no --limit is given
+
+
 @app.command()
 @friendly
 def results(
@@ -330,6 +333,8 @@ def results(
     if as_json and as_csv:
         raise typer.BadParameter("choose one of --json and --csv", param_hint="'--csv'")
     target = Store(store)
+    if limit is None and not (as_json or as_csv):
+        limit = RESULTS_SHOWN  # a table of 100,000 runs helps nobody; scripts get every row
     try:
         view = listing(target, where, sort, limit, all_columns)
     except QueryError as exc:
@@ -343,7 +348,10 @@ def results(
         sys.stdout.write(output.as_csv(list(view.runs[0]) if view.runs else [], view.runs))
         return
     table = output.as_table(f"runs in {target.location}", view.run_columns, view.runs)
-    table.caption, table.caption_justify = caption(view.same), "left"
+    hidden = view.total - len(view.runs)
+    more = f"{hidden} more run(s) match: --limit N, or --json/--csv for all" if hidden else ""
+    table.caption = "\n".join(t for t in (caption(view.same), more) if t)
+    table.caption_justify = "left"
     out.print(table)
     from mnist_ray.compare import EVAL_COLUMNS
 

@@ -48,6 +48,7 @@ class Listing:
     same: dict  # parameters equal in every run shown, hidden from the table
     evaluations: list[dict]
     bad: Bad
+    total: int  # runs that match `where`, shown or not
 
 
 def sort_key(sort: str | None, columns: list[str]) -> str:
@@ -84,13 +85,14 @@ def listing(
         sql += f" LIMIT {int(limit)}"
     try:
         runs = con.sql(sql).to_arrow_table().to_pylist()
+        [(total,)] = con.sql(f"SELECT count(*) FROM listing WHERE ({where or 'true'})").fetchall()
     except duckdb.Error as exc:
         raise QueryError(f"--where {where}: {first_line(exc)}") from None
     evals = _evaluations(con, runs if (where or limit is not None) else None)
     same = {} if len(runs) < 2 else differing(runs, PARAMS)[1]
     shown = [c for c in PARAMS if c not in same or all_columns]
     run_columns = ["run_id", "created_at", *shown, *METRICS]
-    return Listing(runs, run_columns, same, evals, bad)
+    return Listing(runs, run_columns, same, evals, bad, total)
 
 
 def _evaluations(con, runs: list[dict] | None) -> list[dict]:
