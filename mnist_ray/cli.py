@@ -297,6 +297,7 @@ def evaluate(
 
 
 RESULTS_SHOWN = 50  # runs in the results table when no --limit is given
+COMPACT_HINT = 1000  # row files in a table past which results suggests `compact`
 
 
 @app.command()
@@ -341,6 +342,9 @@ def results(
         option = "--sort" if str(exc).startswith("--sort") else "--where"
         raise typer.BadParameter(str(exc).split(": ", 1)[1], param_hint=f"'{option}'") from None
     _skipped(view.bad)
+    for table in ("runs", "evaluations"):
+        if (n := len(target.list(table, ".parquet"))) > COMPACT_HINT:
+            err.print(f"{table}: {n} files; `mnist-ray compact --store {store}` makes reads fast")
     if as_json:
         print(output.as_json({"runs": view.runs, "evaluations": view.evaluations}))
         return

@@ -90,3 +90,15 @@ def test_results_reads_an_s3_store(s3_server, monkeypatch):
     got = invoke("results", "--store", "s3://results-s3/store", "--where", "epochs > 5", "--json")
     assert got.exit_code == 0, got.output
     assert [r["accuracy"] for r in json.loads(got.stdout)["runs"]] == [0.9226]
+
+
+def test_results_suggests_compact_when_row_files_pile_up(tmp_path, monkeypatch):
+    from mnist_ray import cli
+
+    two_runs(Store(tmp_path))
+    monkeypatch.setattr(cli, "COMPACT_HINT", 1)  # two files each: past a limit of one
+    got = invoke("results", "--store", str(tmp_path), "--limit", "1")
+    assert got.exit_code == 0 and "mnist-ray compact" in got.stderr
+    assert "1 more run(s) match" in got.stdout
+    invoke("compact", "--store", str(tmp_path))
+    assert "mnist-ray compact" not in invoke("results", "--store", str(tmp_path)).stderr
