@@ -119,7 +119,13 @@ def friendly(fn):
 
 
 def _json(row: dict) -> str:
-    return json.dumps(row, default=lambda v: v.isoformat() if hasattr(v, "isoformat") else str(v))
+    return json.dumps(row, default=_json_value)
+
+
+def _json_value(v):
+    if isinstance(v, bytes):  # the misclassified images' pixels: 0..255, as sample_pixels
+        return list(v)
+    return v.isoformat() if hasattr(v, "isoformat") else str(v)
 
 
 # ---- submit train -----------------------------------------------------------------------------

@@ -136,5 +136,5 @@ def misclassified_columns(merged: dict) -> dict:
         "misclassified_index": [m["index"] for m in wrong],
         "misclassified_label": [m["label"] for m in wrong],
         "misclassified_prediction": [m["prediction"] for m in wrong],
-        "misclassified_pixels": [m["pixels"] for m in wrong],
+        "misclassified_pixels": [bytes(bytearray(m["pixels"])) for m in wrong],
     }

@@ -20,7 +20,13 @@ def _plain(value):
 
 
 def as_json(document) -> str:
-    return json.dumps(document, default=lambda v: _plain(v) if isinstance(v, datetime) else str(v))
+    return json.dumps(document, default=_json_value)
+
+
+def _json_value(value):
+    if isinstance(value, bytes):  # pixels: 0..255 numbers, as sample_pixels prints
+        return list(value)
+    return _plain(value) if isinstance(value, datetime) else str(value)
 
 
 def as_csv(columns: list[str], rows: list[dict]) -> str:

@@ -277,7 +277,7 @@ def misclassified(e: dict) -> bytes:
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
         if k < len(images):
-            ax.imshow(np.asarray(images[k], np.uint8).reshape(28, 28), cmap="Greys")
+            ax.imshow(np.frombuffer(images[k], np.uint8).reshape(28, 28), cmap="Greys")
             ax.set_title(
                 f"#{e['misclassified_index'][k]}\nlabel {e['misclassified_label'][k]} "
                 f"-> {e['misclassified_prediction'][k]}",

@@ -85,7 +85,9 @@ EVALUATIONS = pa.schema(
         ("misclassified_index", pa.list_(pa.int32())),
         ("misclassified_label", pa.list_(pa.int32())),
         ("misclassified_prediction", pa.list_(pa.int32())),
-        ("misclassified_pixels", pa.list_(pa.list_(pa.uint8()))),  # each 28x28, row-major
+        # Each image its 784 bytes, 28x28 row-major: a byte string per image reads and
+        # writes many times faster than a list of 784 numbers.
+        ("misclassified_pixels", pa.list_(pa.binary())),
     ]
 )
 

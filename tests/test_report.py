@@ -46,7 +46,7 @@ def fill(store: Store) -> list[dict]:
             "misclassified_index": list(range(3, 78, 3)),
             "misclassified_label": [i % 10 for i in range(25)],
             "misclassified_prediction": [(i + 3) % 10 for i in range(25)],
-            "misclassified_pixels": rng.integers(0, 256, (25, 784)).tolist(),
+            "misclassified_pixels": [bytes(p) for p in rng.integers(0, 256, (25, 784), np.uint8)],
         }
         store.write_row("evaluations", e)
         runs.append(row)
