@@ -147,7 +147,8 @@ def sparkline(values: list[float], low: float, high: float) -> str:
 def compare_runs(store: Store, run_ids: list[str]) -> dict:
     """Everything `compare` prints, as data: the first run is the one the others are
     measured against."""
-    runs = [store.find_run(r) for r in run_ids]
+    every, _ = store.read("runs")  # once, not once per id
+    runs = [store.find_run(r, runs=every) for r in run_ids]
     con, _ = open_store(store, ["evaluations"], columns={"evaluations": EVAL_READ})
     latest = {
         e["run_id"]: e

@@ -20,6 +20,7 @@ import io
 from datetime import UTC, datetime
 
 import numpy as np
+import pyarrow as pa
 
 from mnist_ray import output
 from mnist_ray.compare import PARAMS, RUN_READ, differing
@@ -35,12 +36,20 @@ def build(
 ) -> tuple[str, list]:
     """The page's HTML and the store's bad files."""
     con, bad = open_store(store, columns={"runs": RUN_READ, "evaluations": EVAL_LIGHT})
-    runs = con.sql("SELECT * FROM runs ORDER BY created_at, run_id").to_arrow_table().to_pylist()
-    if not runs:
+    # Only the chosen rows become Python objects: a store can hold 100,000 runs.
+    order = "ORDER BY created_at, run_id"
+    ids = [r for (r,) in con.sql(f"SELECT run_id FROM runs {order}").fetchall()]
+    if not ids:
         raise StoreError(f"--store {store.location}: no runs yet; train one first")
-    chosen = [store.find_run(r, runs=runs) for r in run_ids] if run_ids else runs[-LATEST:]
-    ids = [r["run_id"] for r in chosen]
-    evals = [e for e in _rows(con, "evaluations") if e["run_id"] in set(ids)]
+    if run_ids:
+        known = [{"run_id": r} for r in ids]
+        ids = [store.find_run(r, runs=known)["run_id"] for r in run_ids]
+    else:
+        ids = ids[-LATEST:]
+    con.register("chosen", pa.table({"run_id": pa.array(ids, pa.string())}))
+    by_id = {r["run_id"]: r for r in _rows(con, "runs", "run_id IN (SELECT run_id FROM chosen)")}
+    chosen = [by_id[r] for r in ids]
+    evals = _rows(con, "evaluations", "run_id IN (SELECT run_id FROM chosen)")
     latest = {e["run_id"]: e for e in evals}  # oldest first, so the last one wins
     for r in chosen:
         r["accuracy"] = latest[r["run_id"]]["accuracy"] if r["run_id"] in latest else None
@@ -53,8 +62,9 @@ def build(
     return _page(store, chosen, full), bad
 
 
-def _rows(con, table: str) -> list[dict]:
-    return con.sql(f"SELECT * FROM {table} ORDER BY created_at").to_arrow_table().to_pylist()
+def _rows(con, table: str, where: str = "true") -> list[dict]:
+    sql = f"SELECT * FROM {table} WHERE {where} ORDER BY created_at"
+    return con.sql(sql).to_arrow_table().to_pylist()
 
 
 def _pick_eval(evals: list[dict], eval_id: str | None) -> dict | None:
@@ -166,14 +176,14 @@ def _plt():
 
 def _png(fig) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=90)  # the figures lay themselves out: one draw
     _plt().close(fig)
     return buffer.getvalue()
 
 
 def loss_curves(runs: list[dict]) -> bytes:
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    fig, ax = plt.subplots(layout="constrained", figsize=(9, 4.5))
     for r in runs:
         costs = r["epoch_costs"] or []
         ax.plot(range(1, len(costs) + 1), costs, marker=".", label=r["run_id"])
@@ -187,7 +197,9 @@ def loss_curves(runs: list[dict]) -> bytes:
 
 def accuracy_by_param(runs: list[dict], params: list[str]) -> bytes:
     plt = _plt()
-    fig, axes = plt.subplots(1, len(params), figsize=(4 * len(params), 3.5), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(params), layout="constrained", figsize=(4 * len(params), 3.5), squeeze=False
+    )
     for ax, p in zip(axes[0], params, strict=True):
         values = [r[p] for r in runs]
         acc = [r["accuracy"] for r in runs]
@@ -206,7 +218,6 @@ def accuracy_by_param(runs: list[dict], params: list[str]) -> bytes:
         ax.set_ylabel("test accuracy (fraction)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
     return _png(fig)
 
 
@@ -222,7 +233,7 @@ UNITS = {
 def confusion_heatmap(e: dict) -> bytes:
     plt = _plt()
     matrix = np.asarray(e["confusion"]).reshape(10, 10)
-    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    fig, ax = plt.subplots(layout="constrained", figsize=(6.5, 5.5))
     shown = ax.imshow(matrix, cmap="Blues")
     fig.colorbar(shown, ax=ax, label="test images")
     for (i, j), n in np.ndenumerate(matrix):
@@ -238,7 +249,7 @@ def confusion_heatmap(e: dict) -> bytes:
 
 def per_class(e: dict) -> bytes:
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    fig, ax = plt.subplots(layout="constrained", figsize=(6.5, 3.5))
     ax.bar(range(10), e["per_class_accuracy"], color="tab:blue", label="per class")
     ax.axhline(e["accuracy"], color="tab:red", linestyle="--", label=f"all: {e['accuracy']:.4f}")
     ax.set_xticks(range(10))
@@ -252,7 +263,9 @@ def per_class(e: dict) -> bytes:
 
 def sample(e: dict) -> bytes:
     plt = _plt()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(7.5, 3), width_ratios=[1, 1.6])
+    fig, (left, right) = plt.subplots(
+        1, 2, layout="constrained", figsize=(7.5, 3), width_ratios=[1, 1.6]
+    )
     left.imshow(np.asarray(e["sample_pixels"], np.uint8).reshape(28, 28), cmap="Greys")
     left.set_title(f"test image {e['sample_index']}: label {e['sample_label']}")
     left.axis("off")
@@ -264,25 +277,30 @@ def sample(e: dict) -> bytes:
     right.set_xlabel("digit")
     right.set_ylabel("probability")
     right.legend(fontsize=8)
-    fig.tight_layout()
     return _png(fig)
 
 
 def misclassified(e: dict) -> bytes:
+    """One mosaic of the images in one axes: 25 axes take a second to draw, this a tenth."""
     plt = _plt()
-    images = e["misclassified_pixels"]
-    cols = 5
+    images = [np.frombuffer(p, np.uint8).reshape(28, 28) for p in e["misclassified_pixels"]]
+    cols, tile = 5, 28 + 14  # 14 blank rows above each digit for its caption
     rows = -(-len(images) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.8), squeeze=False)
-    for k, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if k < len(images):
-            ax.imshow(np.frombuffer(images[k], np.uint8).reshape(28, 28), cmap="Greys")
-            ax.set_title(
-                f"#{e['misclassified_index'][k]}\nlabel {e['misclassified_label'][k]} "
-                f"-> {e['misclassified_prediction'][k]}",
-                fontsize=8,
-            )
-    fig.suptitle(f"First {len(images)} misclassified test images (label -> prediction)")
-    fig.tight_layout()
+    mosaic = np.zeros((rows * tile, cols * (28 + 4)), np.uint8)
+    fig, ax = plt.subplots(layout="constrained", figsize=(cols * 1.6, rows * 1.75))
+    for k, image in enumerate(images):
+        top, left = (k // cols) * tile + 14, (k % cols) * (28 + 4) + 2
+        mosaic[top : top + 28, left : left + 28] = image
+        ax.text(
+            left + 14,
+            top - 2,
+            f"#{e['misclassified_index'][k]}: {e['misclassified_label'][k]} -> "
+            f"{e['misclassified_prediction'][k]}",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+    ax.imshow(mosaic, cmap="Greys", interpolation="nearest")
+    ax.axis("off")
+    ax.set_title(f"First {len(images)} misclassified test images (#index: label -> prediction)")
     return _png(fig)
