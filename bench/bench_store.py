@@ -162,6 +162,7 @@ def size_mib(root: Path) -> float:
 
 def line(what: str, rows: int, root: Path, **figures: float) -> None:
     text = ", ".join(f"{k} {v:.2f} s" for k, v in figures.items())
+    text += f" (load average {os.getloadavg()[0]:.1f})"  # other work on the machine skews figures
     print(
         f"{what:<34} {rows:>7} rows/table {files(root):>7} files {size_mib(root):8.1f} MiB: {text}",
         flush=True,
