@@ -185,3 +185,19 @@ def test_open_store_reads_only_the_rows_asked_for(tmp_path):
     fill(store)
     con, bad = open_store(store, ["runs"], where={"runs": "lr > 0.2"})
     assert bad == [] and con.sql("select run_id from runs").fetchall() == [("run-lr05",)]
+
+
+def test_a_listed_file_that_vanished_is_told_apart_from_a_bad_one(tmp_path):
+    """What a reader meets when a compaction deletes a file it listed: not a bad file, a
+    reason to list again (compact, given its own list, starts over)."""
+    from mnist_ray.query import _Vanished, connect, load
+
+    store = Store(tmp_path)
+    fill(store)
+    listed = store.list("runs", ".parquet")
+    os.remove(tmp_path / listed[0])
+    with pytest.raises(_Vanished):
+        load(connect(), store, "runs", ["run_id"], files=listed)
+    con = connect()
+    assert load(con, store, "runs", ["run_id"]) == []  # listed again: two rows, no bad file
+    assert con.sql("select count(*) from runs").fetchall() == [(2,)]
