@@ -4,8 +4,9 @@
     con, bad = open_store(Store("mnist-ray-store"))
     con.sql("select run_id, lr from runs where lr < 0.1").fetchall()
 
-A local store is read by DuckDB itself: one glob, no union of schemas while every file has
-every column (the fast path), `union_by_name` when older files lack newer columns. An
+A local store is read by DuckDB itself, one scan over the listed files: no union of
+schemas while every file has every column (the fast path), `union_by_name` when older
+files lack newer columns. An
 object store (s3://, gs://) is read through pyarrow's filesystem into Arrow tables that
 DuckDB then queries: DuckDB reaches S3 only through its httpfs extension, which it
 downloads on first use, and the build machines can't download it.
@@ -63,10 +64,8 @@ def duck_type(t: pa.DataType) -> str:
 def connect(con: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConnection:
     """A new in-memory database, or another connection to `con`'s, set up for the store."""
     con = duckdb.connect() if con is None else con.cursor()
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute(
-        "SET enable_progress_bar = false"
-    )  # stderr is for our own messages  # timestamps come back as the store wrote them
+    con.execute("SET TimeZone = 'UTC'")  # timestamps come back as the store wrote them
+    con.execute("SET enable_progress_bar = false")  # stderr is for the commands' own lines
     return con
 
 
