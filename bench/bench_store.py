@@ -227,15 +227,15 @@ def main() -> None:
                 root,
                 **{"compact command": command("compact", "--store", str(root))},
             )
-        line(
-            "compacted",
-            have,
-            root,
-            **{
-                "results command": command("results", "--store", str(root)),
-                "in process": in_process(root),
-            },
-        )
+            line(
+                "compacted",
+                have,
+                root,
+                **{
+                    "results command": command("results", "--store", str(root)),
+                    "in process": in_process(root),
+                },
+            )
         report = str(root.parent / "report.html")
         line(
             "report, latest 20 runs",
