@@ -9,12 +9,12 @@ mnist-ray show                         # the random sample, drawn in the termina
 from __future__ import annotations
 
 import math
+import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from mnist_ray import __version__, helptext, jobs  # noqa: F401  (helptext: --help's format)
 from mnist_ray.config import MAX_SHARDS, ConfigError, EvalConfig, TrainConfig, check_id
@@ -217,50 +217,72 @@ def evaluate(
 # ---- results and show -------------------------------------------------------------------------
 
 
+RESULTS_SHOWN = 50  # runs in the results table when no --limit is given
+COMPACT_HINT = 1000  # row files in a table past which results suggests `compact`
+
+
 @app.command()
 @friendly
-def results(store: StoreOpt = DEFAULT_STORE, as_json: JsonOpt = False) -> None:
-    """List the runs and evaluations in the store; unreadable files are named, not fatal.
+def results(
+    store: StoreOpt = DEFAULT_STORE,
+    where: Annotated[
+        str | None,
+        typer.Option(help='SQL condition on the run columns, e.g. "lr < 0.1 and epochs > 5".'),
+    ] = None,
+    sort: Annotated[
+        str | None, typer.Option(help="Column to sort runs by; -COLUMN for descending.")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Show this many runs (the latest, unless --sort).")
+    ] = None,
+    all_columns: Annotated[
+        bool, typer.Option("--all-columns", help="Show parameters equal in every run too.")
+    ] = False,
+    as_json: JsonOpt = False,
+    as_csv: Annotated[
+        bool, typer.Option("--csv", help="Print the runs as CSV, every column.")
+    ] = False,
+) -> None:
+    """Compare the runs (parameters that differ, last and best cost, latest accuracy) and
+    list their evaluations; unreadable files are named, not fatal.
 
-    Example: mnist-ray results --store ./mnist-ray-store
+    Example: mnist-ray results --where "lr < 0.1" --sort -accuracy --limit 20
     """
+    from mnist_ray import output
+    from mnist_ray.compare import caption, listing
+    from mnist_ray.query import QueryError
+
+    if as_json and as_csv:
+        raise typer.BadParameter("choose one of --json and --csv", param_hint="'--csv'")
     target = Store(store)
     target.check_exists()
-    runs, bad_runs = target.read("runs")
-    evals, bad_evals = target.read("evaluations")
-    for path, problem in bad_runs + bad_evals:
-        err.print(f"[yellow]Skipped[/] {path}: {problem}", markup=True)
+    if limit is None and not (as_json or as_csv):
+        limit = RESULTS_SHOWN  # a table of 100,000 runs helps nobody; scripts get every row
+    try:
+        view = listing(target, where, sort, limit, all_columns)
+    except QueryError as exc:
+        option = "--sort" if str(exc).startswith("--sort") else "--where"
+        raise typer.BadParameter(str(exc).split(": ", 1)[1], param_hint=f"'{option}'") from None
+    _skipped(view.bad)
+    for table in ("runs", "evaluations"):
+        if (n := len(target.list(table, ".parquet"))) > COMPACT_HINT:
+            err.print(f"{table}: {n} files; `mnist-ray compact --store {store}` makes reads fast")
     if as_json:
-        print(to_json({"runs": runs, "evaluations": evals}))
+        print(output.as_json({"runs": view.runs, "evaluations": view.evaluations}))
         return
-    table = Table(title=f"runs in {target.location}", title_justify="left")
-    for col in ("run_id", "created", "dataset", "epochs", "device", "final cost", "seconds"):
-        table.add_column(col)
-    for r in runs:
-        cost = f"{r['epoch_costs'][-1]:.9f}" if r["epoch_costs"] else "-"
-        table.add_row(
-            r["run_id"],
-            f"{r['created_at']:%Y-%m-%d %H:%M}",
-            r["dataset"],
-            str(r["epochs"]),
-            r["device"],
-            cost,
-            f"{r['train_seconds']:.2f}",
-        )
+    if as_csv:
+        sys.stdout.write(output.as_csv(list(view.runs[0]) if view.runs else [], view.runs))
+        return
+    table = output.as_table(f"runs in {target.location}", view.run_columns, view.runs)
+    hidden = view.total - len(view.runs)
+    more = f"{hidden} more run(s) match: --limit N, or --json/--csv for all" if hidden else ""
+    table.caption = "\n".join(t for t in (caption(view.same), more) if t)
+    table.caption_justify = "left"
     out.print(table)
-    table = Table(title=f"evaluations in {target.location}", title_justify="left")
-    for col in ("eval_id", "run_id", "shards", "accuracy", "correct", "sample"):
-        table.add_column(col)
-    for e in evals:
-        table.add_row(
-            e["eval_id"],
-            e["run_id"],
-            str(e["shards"]),
-            f"{e['accuracy']:.4f}",
-            f"{e['correct']}/{e['total']}",
-            f"#{e['sample_index']}: {e['sample_label']} -> {e['sample_prediction']}",
-        )
-    out.print(table)
+    from mnist_ray.compare import EVAL_COLUMNS
+
+    title = f"evaluations in {target.location}"
+    out.print(output.as_table(title, EVAL_COLUMNS, view.evaluations))
 
 
 @app.command()
@@ -332,6 +354,161 @@ def write_png(pixels, path: Path, title: str) -> None:
         plt.close(fig)
     except OSError as exc:
         fail(f"--png {path}: {exc.strerror or exc}")
+
+
+# ---- query and compact ------------------------------------------------------------------------
+
+CsvOpt = Annotated[bool, typer.Option("--csv", help="Print CSV (a header line, then rows).")]
+
+
+def _skipped(bad: list[tuple[str, str]]) -> None:
+    for path, problem in bad:
+        err.print(f"[yellow]Skipped[/] {path}: {problem}", markup=True)
+
+
+def _print_rows(title: str, columns: list[str], rows: list[dict], as_json: bool, as_csv: bool):
+    from mnist_ray import output
+
+    if as_json and as_csv:
+        raise typer.BadParameter("choose one of --json and --csv", param_hint="'--csv'")
+    if as_json:
+        print(output.as_json(rows))
+    elif as_csv:
+        sys.stdout.write(output.as_csv(columns, rows))
+    else:
+        out.print(output.as_table(title, columns, rows))
+
+
+@app.command()
+@friendly
+def query(
+    sql: Annotated[str, typer.Argument(help="SQL over the views `runs` and `evaluations`.")],
+    store: StoreOpt = DEFAULT_STORE,
+    as_json: JsonOpt = False,
+    as_csv: CsvOpt = False,
+) -> None:
+    """Ask the store anything in SQL (DuckDB): the tables are `runs` and `evaluations`.
+
+    Example: mnist-ray query "select run_id, lr, epoch_costs[-1] as cost from runs"
+    """
+    from mnist_ray.query import QueryError, run_sql
+
+    try:
+        result, bad = run_sql(Store(store), sql)
+    except QueryError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'SQL'") from None
+    _skipped(bad)
+    _print_rows(f"query on {store}", result.column_names, result.to_pylist(), as_json, as_csv)
+
+
+@app.command()
+@friendly
+def compact(store: StoreOpt = DEFAULT_STORE, as_json: JsonOpt = False) -> None:
+    """Merge each table's row files into one file, so reads stay fast; safe while jobs write.
+
+    Example: mnist-ray compact --store ./mnist-ray-store
+    """
+    from mnist_ray.compact import compact_all
+
+    target = Store(store)
+    summaries, bad = compact_all(target)
+    _skipped(bad)
+    if as_json:
+        print(to_json({"tables": summaries}))
+        return
+    for s in summaries:
+        if s["merged"]:
+            out.print(f"{s['table']}: {s['merged']} files -> 1 ({s['rows']} rows) {s['uri']}")
+        else:
+            out.print(f"{s['table']}: {s['files']} file(s), nothing to merge")
+
+
+@app.command()
+@friendly
+def compare(
+    runs: Annotated[list[str], typer.Argument(help="Two or more run ids or unique prefixes.")],
+    store: StoreOpt = DEFAULT_STORE,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compare runs: parameters that differ, costs per epoch side by side with each curve,
+    accuracy, and per-class and confusion changes against the first run.
+
+    Example: mnist-ray compare run-20261126-1802 run-20261126-1815
+    """
+    from mnist_ray import output
+    from mnist_ray.compare import compare_runs
+
+    if len(runs) < 2:
+        raise typer.BadParameter("give at least two runs to compare", param_hint="'RUNS'")
+    for r in runs:
+        _id(r)
+    c = compare_runs(Store(store), runs)
+    if as_json:
+        print(output.as_json(c))
+        return
+    ids = [r["run_id"] for r in c["runs"]]
+    columns = ["run_id", *c["differ"], "last_cost", "best_cost", "accuracy", "curve"]
+    out.print(output.as_table("runs compared", columns, c["runs"]))
+    if c["same"]:
+        out.print("same in every run: " + ", ".join(f"{k}={v}" for k, v in c["same"].items()))
+    epochs = [
+        {"epoch": e["epoch"]} | {i: output.cell("cost", e[i]) for i in ids} for e in c["epochs"]
+    ]
+    out.print(output.as_table("cost per epoch", ["epoch", *ids], epochs))
+    for d in c["against_first"]:
+        if d["per_class"] is None:
+            out.print(f"{d['run_id']} vs {ids[0]}: no evaluation of both; run `mnist-ray evaluate`")
+            continue
+        title = f"per-class accuracy, {d['run_id']} vs {ids[0]}"
+        rows = [row | {"delta": f"{row['delta']:+.4f}"} for row in d["per_class"]]
+        columns = ["class", "accuracy_first", "accuracy_other", "delta"]
+        out.print(output.as_table(title, columns, rows))
+        out.print(f"largest confusion changes, {d['run_id']} vs {ids[0]}:")
+        for cell in d["confusion"]:
+            out.print(
+                f"  true {cell['true']} -> predicted {cell['predicted']}: "
+                f"{cell['first']} -> {cell['other']} ({cell['delta']:+d})"
+            )
+
+
+@app.command()
+@friendly
+def report(
+    runs: Annotated[
+        list[str] | None,
+        typer.Argument(help="Run ids or unique prefixes (default: the latest 20 runs)."),
+    ] = None,
+    out_path: Annotated[
+        Path, typer.Option("--out", help="The HTML file to write.", dir_okay=False)
+    ] = Path("report.html"),
+    eval_id: Annotated[
+        str | None,
+        typer.Option("--eval", callback=_id, help="Evaluation to show (default: the latest)."),
+    ] = None,
+    store: StoreOpt = DEFAULT_STORE,
+) -> None:
+    """Write one self-contained HTML page: loss curves, accuracy against parameters, the
+    confusion matrix, per-class accuracy, the sample and the misclassified images.
+
+    Example: mnist-ray report --out report.html
+    """
+    import os
+    import uuid
+
+    from mnist_ray.report import build
+
+    for r in runs or []:
+        _id(r)
+    page, bad = build(Store(store), runs, eval_id)
+    _skipped(bad)
+    tmp = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        os.replace(tmp, out_path)  # never a half-written page
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        fail(f"--out {out_path}: {exc.strerror or exc}")
+    print(out_path)
 
 
 @app.callback(invoke_without_command=True)

@@ -30,7 +30,13 @@ import ray
 from mnist_ray import checkpoints, local_ray
 from mnist_ray.config import TrainConfig, first_line
 from mnist_ray.errors import ClusterError, token_error
-from mnist_ray.evaluate import evaluate_shard, merge, sample_index, shard_bounds
+from mnist_ray.evaluate import (
+    evaluate_shard,
+    merge,
+    misclassified_columns,
+    sample_index,
+    shard_bounds,
+)
 from mnist_ray.store import Store, new_id, now
 from mnist_ray.streams import ray_output_to_stderr
 
@@ -529,6 +535,7 @@ def evaluate_and_store(
         "eval_seconds": time.perf_counter() - started,
         "node_ids": merged["node_ids"],
         "shard_peak_rss_mib": merged["shard_peak_rss_mib"],
+        **misclassified_columns(merged),
     }
     store.write_row("evaluations", row)
     return row

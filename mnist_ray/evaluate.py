@@ -22,6 +22,8 @@ import numpy as np
 from mnist_ray.config import NUM_CLASSES
 from mnist_ray.model import numpy_logits as logits
 
+MISCLASSIFIED_KEPT = 25  # the first misclassified test images an evaluation keeps, for the report
+
 
 def shard_bounds(total: int, shards: int) -> list[tuple[int, int]]:
     """Contiguous [start, stop) slices, shard i = [i*total//shards, (i+1)*total//shards)."""
@@ -65,6 +67,7 @@ def evaluate_shard(
         "total": int(len(y)),
         "confusion": confusion.tolist(),
         "sample": None,
+        "misclassified": _misclassified(x, y, predicted, start),
     }
     if sample is not None and start <= sample < stop:
         i = sample - start
@@ -94,6 +97,8 @@ def merge(parts: list[dict]) -> dict:
         raise ValueError("shard counts disagree with their confusion rows")
     per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
     samples = [p["sample"] for p in parts if p["sample"] is not None]
+    # Each shard kept its first N in test-set order, so the first N overall are among them.
+    wrong = [m for p in parts for m in p.get("misclassified", [])][:MISCLASSIFIED_KEPT]
     return {
         "correct": correct,
         "total": total,
@@ -101,4 +106,30 @@ def merge(parts: list[dict]) -> dict:
         "per_class_accuracy": per_class.tolist(),
         "confusion": confusion.reshape(-1).tolist(),
         "sample": samples[0] if samples else None,
+        "misclassified": wrong,
+    }
+
+
+def _misclassified(x: np.ndarray, y: np.ndarray, predicted: np.ndarray, start: int) -> list[dict]:
+    """The shard's first MISCLASSIFIED_KEPT wrong predictions, in test-set order."""
+    (where,) = np.nonzero(predicted != y)
+    return [
+        {
+            "index": start + int(i),
+            "label": int(y[i]),
+            "prediction": int(predicted[i]),
+            "pixels": np.asarray(x[i], dtype=np.uint8).reshape(-1).tolist(),
+        }
+        for i in where[:MISCLASSIFIED_KEPT]
+    ]
+
+
+def misclassified_columns(merged: dict) -> dict:
+    """The evaluation row's misclassified_* columns, from merge's result."""
+    wrong = merged.get("misclassified") or []
+    return {
+        "misclassified_index": [m["index"] for m in wrong],
+        "misclassified_label": [m["label"] for m in wrong],
+        "misclassified_prediction": [m["prediction"] for m in wrong],
+        "misclassified_pixels": [bytes(bytearray(m["pixels"])) for m in wrong],
     }

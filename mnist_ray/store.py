@@ -80,6 +80,13 @@ EVALUATIONS = pa.schema(
         ("eval_seconds", pa.float64()),
         ("node_ids", pa.list_(pa.string())),  # the Ray nodes the shards ran on
         ("shard_peak_rss_mib", pa.float64()),  # the largest shard task's process, at its peak
+        # The first 25 misclassified test images, in test-set order (the report's grid):
+        ("misclassified_index", pa.list_(pa.int32())),
+        ("misclassified_label", pa.list_(pa.int32())),
+        ("misclassified_prediction", pa.list_(pa.int32())),
+        # Each image its 784 bytes, 28x28 row-major: a byte string per image reads and
+        # writes many times faster than a list of 784 numbers.
+        ("misclassified_pixels", pa.list_(pa.binary())),
     ]
 )
 
@@ -87,6 +94,7 @@ SCHEMAS = {"runs": RUNS, "evaluations": EVALUATIONS}
 KEYS = {"runs": "run_id", "evaluations": "eval_id"}
 # Columns added after the first release: read as null from files written before them.
 OPTIONAL = {"peak_rss_mib", "gpu_peak_mib", "shard_peak_rss_mib"}
+OPTIONAL |= {f"misclassified_{c}" for c in ("index", "label", "prediction", "pixels")}
 
 
 class StoreError(RuntimeError):
@@ -114,6 +122,11 @@ class Store:
         except (pa.ArrowException, ValueError, OSError) as exc:
             raise StoreError(f"--store {self.location}: {first_line(exc)}") from None
         self.root = self.root.rstrip("/")
+
+    @property
+    def is_local(self) -> bool:
+        """A folder on this machine (DuckDB reads it directly; other stores go through Arrow)."""
+        return isinstance(self.fs, pafs.LocalFileSystem)
 
     def __repr__(self) -> str:
         return f"Store({self.location!r})"
@@ -197,32 +210,25 @@ class Store:
         return [f"{folder}/{n}" for n in sorted(names)]
 
     def read(self, table: str) -> tuple[list[dict], list[tuple[str, str]]]:
-        """Every good row of a table, oldest first, and (file, problem) for each bad file."""
-        rows, bad = [], []
-        for relpath in self.list(table, ".parquet"):
-            try:
-                got = pq.read_table(self.path(relpath), filesystem=self.fs)
-                missing = set(SCHEMAS[table].names) - set(got.column_names)
-                if required := missing - OPTIONAL:
-                    raise ValueError(f"not a {table} file: missing {', '.join(sorted(required))}")
-                for name in missing:
-                    got = got.append_column(
-                        name, pa.nulls(len(got), SCHEMAS[table].field(name).type)
-                    )
-                rows.extend(got.select(SCHEMAS[table].names).to_pylist())
-            except (OSError, pa.ArrowException, ValueError) as exc:
-                bad.append((self.uri(relpath), first_line(exc)))
-        rows.sort(key=lambda r: (r["created_at"], r[KEYS[table]]))
-        return rows, bad
+        """Every good row of a table, oldest first, and (file, problem) for each bad file.
+        DuckDB reads them (mnist_ray/query.py): one row per id, older files' missing
+        columns as null."""
+        from mnist_ray.query import read_rows  # imports this module
 
-    def find_run(self, run: str | None) -> dict:
-        """The run with this id (or unique id prefix), or the latest run when run is None."""
-        return self.find("runs", run, "--run")
+        return read_rows(self, table)
 
-    def find(self, table: str, wanted: str | None, option: str) -> dict:
+    def find_run(self, run: str | None, runs: list[dict] | None = None) -> dict:
+        """The run with this id (or unique id prefix), or the latest run when run is None;
+        among `runs` (oldest first) when the caller has read them already."""
+        return self.find("runs", run, "--run", runs)
+
+    def find(
+        self, table: str, wanted: str | None, option: str, rows: list[dict] | None = None
+    ) -> dict:
         """The row whose id is `wanted` or, failing that, the one row whose id starts with
         it; the latest row when wanted is None. Several matches are refused, listed."""
-        rows, _ = self.read(table)
+        if rows is None:
+            rows, _ = self.read(table)
         what = table[:-1]  # "run", "evaluation"
         if wanted is None:
             if not rows:

@@ -9,7 +9,6 @@ Used by cli.py and jobs.py alike, so neither imports the other for it.
 from __future__ import annotations
 
 import functools
-import json
 import sys
 
 import typer
@@ -18,6 +17,7 @@ from rich.console import Console
 from mnist_ray.config import ConfigError
 from mnist_ray.data import DataError
 from mnist_ray.errors import ClusterError
+from mnist_ray.output import as_json as to_json  # noqa: F401 - one JSON printer
 from mnist_ray.store import StoreError
 
 # Piped output gets wide lines rather than tables folded to rich's 80-column default.
@@ -52,7 +52,3 @@ def friendly(fn):
             raise typer.Exit(130) from None
 
     return wrapper
-
-
-def to_json(row: dict) -> str:
-    return json.dumps(row, default=lambda v: v.isoformat() if hasattr(v, "isoformat") else str(v))

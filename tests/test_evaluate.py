@@ -65,3 +65,20 @@ def test_merge_refuses_a_missing_shard(tutorial_weights, mnist_test):
     ]
     with pytest.raises(ValueError, match="gap or overlap"):
         merge(parts[:1] + parts[2:])
+
+
+def test_the_first_25_misclassified_images_for_any_shard_count(tutorial_weights, mnist_test):
+    from mnist_ray.evaluate import logits
+
+    images, labels = mnist_test
+    wrong = np.nonzero(logits(tutorial_weights, images).argmax(axis=1) != labels)[0][:25]
+    for shards in (1, 3, 7, 10000):
+        parts = [
+            evaluate_shard(tutorial_weights, images, labels, a, b)
+            for a, b in shard_bounds(len(labels), shards)
+        ]
+        kept = merge(parts)["misclassified"]
+        assert [m["index"] for m in kept] == wrong.tolist(), shards
+        first = kept[0]
+        assert first["label"] == labels[first["index"]] != first["prediction"]
+        assert np.array_equal(np.asarray(first["pixels"]).reshape(28, 28), images[first["index"]])

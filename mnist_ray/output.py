@@ -1,0 +1,76 @@
+"""Rows printed three ways: a table for people, JSON and CSV for scripts.
+
+from mnist_ray.output import as_table, as_json, as_csv
+print(as_csv(["run_id", "lr"], rows))
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import datetime
+
+from rich.table import Table
+
+
+def _plain(value):
+    """JSON and CSV: timestamps as ISO 8601, everything else as it is."""
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def as_json(document) -> str:
+    return json.dumps(document, default=_json_value)
+
+
+def _json_value(value):
+    if isinstance(value, bytes):  # pixels: 0..255 numbers, as sample_pixels prints
+        return list(value)
+    return _plain(value) if isinstance(value, datetime) else str(value)
+
+
+def as_csv(columns: list[str], rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_csv_cell(row.get(c)) for c in columns])
+    return buffer.getvalue()
+
+
+def _csv_cell(value):
+    if isinstance(value, list):
+        return json.dumps(value)
+    return "" if value is None else _plain(value)
+
+
+def cell(column: str, value) -> str:
+    """How a value reads in a table: costs to 9 decimals (the tutorial prints them so),
+    accuracy to 4, seconds to 2, long lists shortened."""
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return f"{value:%Y-%m-%d %H:%M:%S}"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        if "cost" in column:
+            return f"{value:.9f}"
+        if "accuracy" in column:
+            return f"{value:.4f}"
+        if "seconds" in column or column.endswith("_mib"):
+            return f"{value:.2f}"
+        return f"{value:.6g}"
+    if isinstance(value, list):
+        text = ", ".join(cell(column, v) for v in value[:4])
+        return f"[{text}{', ...' if len(value) > 4 else ''}] ({len(value)})"
+    return str(value)
+
+
+def as_table(title: str, columns: list[str], rows: list[dict]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for c in columns:
+        table.add_column(c)  # the name --sort and --where take
+    for row in rows:
+        table.add_row(*(cell(c, row.get(c)) for c in columns))
+    return table
