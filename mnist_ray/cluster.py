@@ -391,12 +391,13 @@ def train_on_ray(
 ) -> dict:
     """Run the training task, print each epoch as it streams in; return its outcome."""
     num_gpus = gpu_request(gpus, log)
-    stream = train_task.options(
-        num_returns="streaming", num_gpus=num_gpus, name=f"train {run_id}"
-    ).remote(
-        cfg.to_dict(), ray.put(images), ray.put(labels), store.location, run_id, num_gpus > 0,
-        checkpoint_every,
-    )  # fmt: skip
+    args = (cfg.to_dict(), ray.put(images), ray.put(labels), store.location, run_id)
+    args += (num_gpus > 0, checkpoint_every)
+    options = dict(num_gpus=num_gpus, name=f"train {run_id}")
+    show = lambda item: log(f"Epoch: {item['epoch']:04d} cost = {item['cost']:.9f}")  # noqa: E731
+    if ray.util.client.ray.is_connected():  # ray://: Ray Client has no streaming generators
+        return _train_through_a_queue(args, options, show)
+    stream = train_task.options(num_returns="streaming", **options).remote(*args)
     outcome = None
     try:
         for ref in stream:
@@ -404,13 +405,55 @@ def train_on_ray(
             if "outcome" in item:
                 outcome = item["outcome"]
             else:
-                log(f"Epoch: {item['epoch']:04d} cost = {item['cost']:.9f}")
+                show(item)
     except KeyboardInterrupt:
         _cancel([stream], [stream.completed()])
         raise
     except ray.exceptions.RayError as exc:
         raise _failure("training", exc) from None
     return outcome
+
+
+def _train_into(progress, *args) -> dict:
+    """The training task for a Ray Client driver: the same generator, its epochs put on a
+    queue (an actor) as they come, its outcome returned."""
+    for item in training_stream(*args):
+        if "outcome" in item:
+            return item["outcome"]
+        progress.put(item)
+    raise RuntimeError("the training stream ended without an outcome")
+
+
+train_into_task = ray.remote(num_cpus=1, max_retries=RETRIES)(_train_into)
+
+
+def _train_through_a_queue(args: tuple, options: dict, show: Callable[[dict], None]) -> dict:
+    from ray.util.queue import Queue
+
+    progress = Queue(actor_options={"num_cpus": 0})  # placed anywhere, holds no CPU
+    ref = train_into_task.options(**options).remote(progress, *args)
+    shown = 0
+
+    def drain() -> None:
+        nonlocal shown
+        for item in progress.get_nowait_batch(progress.qsize()):
+            if item["epoch"] > shown:  # a retried attempt re-sends the epochs it restored
+                show(item)
+                shown = item["epoch"]
+
+    try:
+        while not ray.wait([ref], timeout=0.5)[0]:
+            drain()
+        outcome = ray.get(ref)
+        drain()
+        return outcome
+    except KeyboardInterrupt:
+        _cancel([ref], [ref])
+        raise
+    except ray.exceptions.RayError as exc:
+        raise _failure("training", exc) from None
+    finally:
+        ray.kill(progress.actor)
 
 
 def store_run(store: Store, run_id: str, cfg: TrainConfig, outcome: dict, **extra) -> dict:
