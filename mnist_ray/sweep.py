@@ -321,7 +321,7 @@ def run_sweep(
     if resume is not None:
         log(f"Resuming sweep {sweep_id}: {len(todo)} of {len(trials)} trials have no run yet.")
     else:
-        log(f"Sweep {sweep_id}: {len(trials)} trials of {spec['epochs']} epochs.")
+        log(f"Sweep {sweep_id}: {len(trials)} trial(s) of {spec['epochs']} epoch(s).")
     sweep = {
         "sweep_id": sweep_id,
         "created_at": created,
@@ -376,6 +376,7 @@ def _tune(spec, store, sweep_id, todo, images, labels, log) -> tuple[list[str], 
     if not todo:
         return [], []
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Ctrl-C ends the sweep, not a soft pause
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # with verbose=0, the old output says nothing at all
     trainable = tune.with_resources(
         tune.with_parameters(trial, images=images, labels=labels),  # into the object store once
         {"cpu": spec["cpus_per_trial"], "gpu": gpus},
@@ -406,7 +407,7 @@ def _tune(spec, store, sweep_id, todo, images, labels, log) -> tuple[list[str], 
                 storage_path=storage,
                 verbose=0,  # stdout is the result; progress goes to stderr below
                 failure_config=tune.FailureConfig(max_failures=RETRIES),
-                callbacks=[_progress(log, len(todo))],
+                callbacks=[_progress(len(todo))],
             ),
         )
         grid = tuner.fit()
@@ -439,8 +440,9 @@ def _experiment_dir(store: Store):
     return tempfile.TemporaryDirectory(prefix="mnist-ray-tune-")
 
 
-def _progress(log: Callable[[str], None], total: int):
-    """A Tune callback: one stderr line each time a trial ends."""
+def _progress(total: int):
+    """A Tune callback: one stderr line each time a trial ends. (Tune pickles its
+    callbacks with the experiment, so this one holds nothing but a count.)"""
     from ray.tune import Callback
 
     class Progress(Callback):
@@ -461,7 +463,7 @@ def _progress(log: Callable[[str], None], total: int):
                 if cost is not None and math.isfinite(cost)
                 else "failed"
             )
-            log(f"Trials ended: {self.ended}/{total} ({_trial_name(trial)}: {what})")
+            _say(f"Trials ended: {self.ended}/{total} ({_trial_name(trial)}: {what})")
 
     return Progress()
 
