@@ -289,7 +289,7 @@ def test_resume_runs_only_the_missing_trials(local, tmp_path):
     )  # fmt: skip
     runs = {r["run_id"]: r for r in store.read("runs")[0]}
     lost = first["trials"][1]["run_id"]
-    for path in [*store.list("runs", lost), *store.list("weights", lost)]:
+    for path in (f"runs/{lost}.parquet", f"weights/{lost}.safetensors"):
         os.remove(store.path(path))  # as if the sweep had been interrupted before it
     result = invoke("--resume", first["sweep_id"], "--store", store.location, "--json")
     assert "1 of 3 trials have no run yet" in result.stderr
@@ -328,4 +328,6 @@ def test_fractional_cpu_and_gpu_requests_reach_ray(local, tmp_path):
         assert actor.node_id == local.gpu_node_id
         bundles = [b["unit_resources"] for b in groups[actor.placement_group_id].bundles]
         assert bundles == [{"CPU": 0.5, "GPU": 0.5}]
-        assert {k.split("_group_")[0] for k in actor.required_resources} == {"CPU", "GPU"}
+        asked = actor.required_resources  # in the placement group's names: CPU_group_<id>, ...
+        got = {k.split("_group_")[0]: v for k, v in asked.items() if k.startswith(("CPU", "GPU"))}
+        assert got == {"CPU": 0.5, "GPU": 0.5}, asked
