@@ -377,6 +377,9 @@ def _tune(spec, store, sweep_id, todo, images, labels, log) -> tuple[list[str], 
         return [], []
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Ctrl-C ends the sweep, not a soft pause
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # with verbose=0, the old output says nothing at all
+    # The store keeps every result; Tune's own per-report JSON, CSV and TensorBoard writers
+    # would take the driver's share of a small machine's CPUs from the trials.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     trainable = tune.with_resources(
         tune.with_parameters(trial, images=images, labels=labels),  # into the object store once
         {"cpu": spec["cpus_per_trial"], "gpu": gpus},
