@@ -252,6 +252,14 @@ def sweep(
     shards: Annotated[
         int, typer.Option(min=1, max=MAX_SHARDS, help="With --evaluate: CPU tasks per run.")
     ] = 4,
+    checkpoint_every: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=86_400,
+            help="Seconds between checkpoints a retried trial resumes from; 0: every epoch.",
+        ),
+    ] = 60.0,
     resume: Annotated[
         str | None,
         typer.Option(help="Run the trials of this sweep that have no run yet.", metavar="SWEEP_ID"),
@@ -272,7 +280,7 @@ def sweep(
 
     spec = sweeps.definition(
         lr, batch_size, seed, epochs, dataset.value, samples, search_seed, early_stop,
-        gpus_per_trial, cpus_per_trial, evaluate, shards,
+        gpus_per_trial, cpus_per_trial, evaluate, shards, checkpoint_every,
     )  # fmt: skip
     if resume is not None:
         check_id(resume, "--resume")
@@ -283,9 +291,9 @@ def sweep(
     try:
         summary = sweeps.run_sweep(spec, target, address, data_dir, resume, log=err.print)
     except KeyboardInterrupt:
-        _fail("interrupted: every trial was stopped; finished trials keep their runs.", 130)
+        fail("interrupted: every trial was stopped; finished trials keep their runs.", 130)
     if as_json:
-        print(_json(summary))
+        print(to_json(summary))
         return
     _leaderboard(summary)
 

@@ -11,7 +11,7 @@ numpy, and the resulting trial list is handed to Tune as one `grid_search`. So t
 command always makes the same trials, and the sweep row can hold the full list, which
 is what `--resume` needs: it runs exactly the trials that have no run row yet.
 
-Every trial runs the training function `submit train` runs (`_training_stream`), so its
+Every trial runs the training function `submit train` runs (`training_stream`), so its
 costs equal a single run's, bit for bit on the CPU. A trial reports each epoch to Tune
 (ASHA stops bad ones with `--early-stop`), then writes its weights and run row itself,
 before its last report, so that a trial the scheduler stops at its end still lands.
@@ -26,12 +26,10 @@ import itertools
 import json
 import math
 import os
-import queue
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 
@@ -93,6 +91,7 @@ def definition(
     cpus_per_trial: float = 1.0,
     evaluate: bool = False,
     shards: int = 4,
+    checkpoint_every: float = CHECKPOINT_EVERY,
 ) -> dict:
     """What the user asked for, checked, as a JSON-able dict (kept in the sweep row)."""
     TrainConfig(dataset=dataset, epochs=epochs).validate()
@@ -118,6 +117,7 @@ def definition(
         "cpus_per_trial": cpus_per_trial,
         "evaluate": evaluate,
         "shards": shards,
+        "checkpoint_every": checkpoint_every,
     }
     count = samples * math.prod(len(v) for n in PARAMS if isinstance(v := spec[n], list))
     if count > MAX_TRIALS:
@@ -151,114 +151,6 @@ def _draw(rng: np.random.Generator, name: str, low, high):
 # ---- one trial, inside a Tune trial actor -------------------------------------------------------
 
 
-def _training_stream(
-    cfg: dict,
-    images,
-    labels,
-    store_location: str,
-    run_id: str,
-    use_gpu: bool,
-    checkpoint_every: float,
-) -> Iterator[dict]:
-    """`submit train`'s training, as a generator: {"epoch", "cost", "seconds"} per epoch,
-    then {"outcome": {...}}; resumes from the run's newest checkpoint, re-yielding the
-    epochs it restored. Today's train() takes a callback, so it runs in a thread here;
-    closing the generator stops it at the next epoch. (Checkpoints: each epoch.)"""
-    store = Store(store_location)
-    resume = checkpoints.latest(store, run_id)
-    events: queue.Queue = queue.Queue()
-    stop = threading.Event()
-    started = time.perf_counter()
-
-    def on_epoch(ckpt: checkpoints.Checkpoint) -> None:
-        if stop.is_set():
-            raise _Stopped
-        checkpoints.save(store, run_id, ckpt)
-        seconds = time.perf_counter() - started
-        events.put({"epoch": ckpt.epoch, "cost": ckpt.epoch_costs[-1], "seconds": seconds})
-
-    def work() -> None:
-        try:
-            events.put({"outcome": _train(cfg, images, labels, use_gpu, resume, on_epoch)})
-        except _Stopped:
-            pass
-        except BaseException as exc:  # handed to the consumer, raised there
-            events.put({"error": exc})
-
-    for epoch, cost in enumerate(resume.epoch_costs if resume else []):
-        yield {"epoch": epoch + 1, "cost": cost, "seconds": 0.0}
-    thread = threading.Thread(target=work, name=f"train {run_id}", daemon=True)
-    thread.start()
-    try:
-        while True:
-            event = events.get()
-            if "error" in event:
-                raise event["error"]
-            yield event
-            if "outcome" in event:
-                return
-    finally:
-        stop.set()
-
-
-class _Stopped(Exception):
-    """The generator was closed: end the training thread at its next epoch."""
-
-
-def _train(cfg: dict, images, labels, use_gpu: bool, resume, on_epoch) -> dict:
-    """cluster._train_task's body with an on_epoch of our own: the same train() call."""
-    import torch
-
-    from mnist_ray.cluster import _where, peak_rss_mib
-    from mnist_ray.train import pick_device, train
-
-    result = train(
-        TrainConfig(**cfg), images, labels, pick_device(use_gpu), resume=resume, on_epoch=on_epoch
-    )
-    return {
-        "weights": result.weights,
-        "epoch_costs": result.epoch_costs,
-        "train_seconds": result.seconds,
-        "device": result.device,
-        "cuda_graph": result.cuda_graph,
-        "resumed_from_epoch": resume.epoch if resume else 0,
-        "torch_version": str(torch.__version__),
-        "peak_rss_mib": peak_rss_mib(),
-        "gpu_peak_mib": (
-            torch.cuda.max_memory_allocated() / 2**20 if result.device.startswith("cuda") else None
-        ),
-        **_where(),
-    }
-
-
-def _store_run(store: Store, run_id: str, cfg: TrainConfig, outcome: dict, **extra) -> dict:
-    """A finished run's weights and run row, as `submit train` writes them; returns the row."""
-    import ray
-
-    weights_uri, sha = store.write_weights(run_id, outcome["weights"])
-    row = {
-        "run_id": run_id,
-        "created_at": now(),
-        **cfg.to_dict(),
-        **{k: outcome[k] for k in ("device", "node_id", "hostname", "gpu_ids", "cuda_graph")},
-        **{k: outcome[k] for k in ("epoch_costs", "train_seconds", "torch_version")},
-        **{k: outcome[k] for k in ("peak_rss_mib", "gpu_peak_mib")},
-        "attempts": 1 + (outcome["resumed_from_epoch"] > 0),
-        "weights_uri": weights_uri,
-        "weights_sha256": sha,
-        "ray_version": ray.__version__,
-        **extra,
-    }
-    store.write_row("runs", row)
-    checkpoints.clear(store, run_id)
-    return row
-
-
-# The two functions a trial calls; cluster.training_stream / cluster.store_run replace them.
-TRAINING_STREAM = _training_stream
-STORE_RUN = _store_run
-
-
 def trial(config: dict, images, labels) -> None:
     """A Tune function trainable: train one configuration, report each epoch, store the run.
     The last epoch is reported after the run row is written, so a trial stopped on its
@@ -266,16 +158,20 @@ def trial(config: dict, images, labels) -> None:
     because Tune would retry it like a dead worker."""
     from ray import tune
 
+    from mnist_ray.cluster import store_run, training_stream
+
     run_id, cfg = config["trial"]["run_id"], TrainConfig(**config["trial"]["cfg"])
     store = Store(config["store"])
-    stream = TRAINING_STREAM(
-        cfg.to_dict(), images, labels, store.location, run_id, config["use_gpu"], CHECKPOINT_EVERY
-    )
+    stream = training_stream(
+        cfg.to_dict(), images, labels, store.location, run_id, config["use_gpu"],
+        config["checkpoint_every"],
+    )  # fmt: skip
     pending = None
     try:
         for event in stream:
             if "outcome" in event:
-                STORE_RUN(store, run_id, cfg, event["outcome"], sweep_id=config["sweep_id"])
+                store_run(store, run_id, cfg, event["outcome"], sweep_id=config["sweep_id"])
+                checkpoints.clear(store, run_id)
                 break
             if pending is not None:
                 tune.report(pending)
@@ -349,7 +245,7 @@ def gpu_share(spec: dict, log: Callable[[str], None]) -> float:
     there is a GPU, else CPU trials; a GPU share on a cluster without one fails at once."""
     import ray
 
-    from mnist_ray.cluster import ClusterError
+    from mnist_ray.errors import ClusterError
 
     have = ray.cluster_resources()
     asked = spec["gpus_per_trial"]
@@ -389,6 +285,7 @@ def _tune(spec, store, sweep_id, todo, images, labels, log) -> tuple[list[str], 
         "sweep_id": sweep_id,
         "store": store.location,
         "use_gpu": gpus > 0,
+        "checkpoint_every": spec.get("checkpoint_every", CHECKPOINT_EVERY),
     }
     scheduler = None
     if spec["early_stop"]:  # stop trials whose cost trails the others' at the same epoch
@@ -438,7 +335,9 @@ def _experiment_dir(store: Store):
     never ~/ray_results."""
     from contextlib import nullcontext
 
-    if store.is_local:
+    import pyarrow.fs as pafs
+
+    if isinstance(store.fs, pafs.LocalFileSystem):
         return nullcontext(store.path("tune"))
     return tempfile.TemporaryDirectory(prefix="mnist-ray-tune-")
 
@@ -477,46 +376,17 @@ def _progress(total: int):
 def _evaluate(store: Store, sweep_id: str, spec: dict, data_dir, log) -> None:
     """Every trial run without an evaluation, on the sharded evaluator; one row each."""
     from mnist_ray import data
-    from mnist_ray.cluster import evaluate_on_ray
-    from mnist_ray.evaluate import sample_index
+    from mnist_ray.cluster import evaluate_and_store
 
     evaluated = {e["run_id"] for e in store.read("evaluations")[0]}
     runs = [r for r in sweep_runs(store, sweep_id) if r["run_id"] not in evaluated]
     if not runs:
         return
     images, labels = data.load(spec["dataset"], "test", data_dir)
-    for run in runs:
-        started = time.perf_counter()
-        merged = evaluate_on_ray(
-            store.read_weights(run),
-            images,
-            labels,
-            spec["shards"],
-            sample_index(run["seed"], len(labels)),
-            log=lambda _line: None,
-        )
-        s = merged["sample"]
-        store.write_row(
-            "evaluations",
-            {
-                "eval_id": new_id("eval"),
-                "run_id": run["run_id"],
-                "created_at": now(),
-                "dataset": run["dataset"],
-                "shards": spec["shards"],
-                **{k: merged[k] for k in ("accuracy", "correct", "total", "per_class_accuracy")},
-                "confusion": merged["confusion"],
-                "sample_index": s["index"],
-                "sample_label": s["label"],
-                "sample_prediction": s["prediction"],
-                "sample_probabilities": s["probabilities"],
-                "sample_pixels": s["pixels"],
-                "eval_seconds": time.perf_counter() - started,
-                "node_ids": merged["node_ids"],
-                "shard_peak_rss_mib": merged["shard_peak_rss_mib"],
-            },
-        )
-        log(f"Evaluated {run['run_id']}: accuracy {merged['accuracy']:.4f}")
+    for run in runs:  # on the connected Ray: evaluate_and_store's connect() reuses it
+        weights = store.read_weights(run)
+        row = evaluate_and_store(run, weights, images, labels, store, None, spec["shards"], log)
+        log(f"Evaluated {run['run_id']}: accuracy {row['accuracy']:.4f}")
 
 
 # ---- the sweep row and the leaderboard ----------------------------------------------------------
