@@ -57,6 +57,7 @@ class Local:
             address=self.address,
             filters=[("state", "=", "ALIVE")],
             detail=detail,
+            limit=10_000,  # the limit can apply before the filter: earlier tests' dead actors
             raise_on_missing_output=False,
         )
         return [a for a in actors if a.class_name == TRIAL_ACTOR]
@@ -323,7 +324,7 @@ def test_fractional_cpu_and_gpu_requests_reach_ray(local, tmp_path):
         )
         groups = {
             g.placement_group_id: g
-            for g in list_placement_groups(address=local.address, detail=True)
+            for g in list_placement_groups(address=local.address, detail=True, limit=10_000)
         }
     finally:
         proc.send_signal(signal.SIGINT)
