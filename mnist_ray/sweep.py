@@ -283,7 +283,8 @@ def _tune(spec, store, sweep_id, todo, images, labels, log) -> tuple[list[str], 
     space = {
         "trial": tune.grid_search([{"run_id": r, "cfg": c.to_dict()} for r, c in todo]),
         "sweep_id": sweep_id,
-        "store": store.location,
+        # Tune runs each trial in its own folder: a relative store must be made absolute
+        "store": store.location if "://" in store.location else store.root,
         "use_gpu": gpus > 0,
         "checkpoint_every": spec.get("checkpoint_every", CHECKPOINT_EVERY),
     }

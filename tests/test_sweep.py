@@ -174,15 +174,14 @@ def test_grid_lands_a_run_per_trial_and_a_sweep_row(local, train_split, tmp_path
         assert weights[name].tobytes() == ref.weights[name].tobytes()
 
 
-def test_leaderboard_shows_only_the_parameters_that_vary(local, tmp_path):
-    result = invoke(
-        "--lr", "0.1,0.5", "--epochs", "1", "--gpus-per-trial", "0",
-        "--store", str(tmp_path / "store"),
-    )  # fmt: skip
+def test_leaderboard_shows_only_the_parameters_that_vary(local, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative store: the trials must write where the driver reads
+    result = invoke("--lr", "0.1,0.5", "--epochs", "1", "--gpus-per-trial", "0", "--store", "rel")
     header = next(line for line in result.stdout.splitlines() if "run_id" in line)
     assert "lr" in header and "final cost" in header
     assert "seed" not in header and "batch" not in header
     assert "2/2 trials finished" in result.stdout
+    assert len(list((tmp_path / "rel" / "runs").glob("*.parquet"))) == 2
 
 
 def test_an_application_error_is_reported_once_and_the_others_go_on(local, tmp_path):
