@@ -201,6 +201,22 @@ def test_an_application_error_is_reported_once_and_the_others_go_on(local, tmp_p
     assert result.stderr.count("Trial failed:") == 1  # reported once: Tune did not retry it
 
 
+def test_early_stop_ends_trials_without_a_row_and_lists_them(local, tmp_path):
+    store = Store(tmp_path / "store")
+    result = invoke(
+        "--lr", "0.001,0.002,0.5,1.0", "--epochs", "4", "--early-stop", "--gpus-per-trial", "0",
+        "--store", store.location, "--json",
+    )  # fmt: skip
+    summary = json.loads(result.stdout)
+    runs = {r["run_id"]: r for r in store.read("runs")[0]}
+    (row,) = store.read("sweeps")[0]
+    assert sorted(row["finished"] + row["stopped"]) == sorted(row["trial_ids"])
+    assert set(row["finished"]) == set(runs) and runs  # a stopped trial writes no run row
+    assert all(len(r["epoch_costs"]) == 4 for r in runs.values())  # finished: every epoch
+    assert {t["status"] for t in summary["trials"]} <= {"finished", "stopped"}
+    assert json.loads(row["definition"])["early_stop"] is True
+
+
 # ---- what to try ------------------------------------------------------------------------------
 
 
