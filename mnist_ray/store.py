@@ -90,7 +90,7 @@ SWEEPS = pa.schema(
         ("sweep_id", pa.string()),
         ("created_at", pa.timestamp("us", tz="UTC")),
         ("updated_at", pa.timestamp("us", tz="UTC")),  # the row is rewritten as the sweep goes
-        ("status", pa.string()),  # running, finished, interrupted
+        ("status", pa.string()),  # running, finished, interrupted, failed
         ("definition", pa.string()),  # JSON: what was asked (lists, ranges, resources, ...)
         ("trial_ids", pa.list_(pa.string())),  # every trial's run_id, in order
         ("trial_params", pa.list_(pa.string())),  # JSON: each trial's TrainConfig

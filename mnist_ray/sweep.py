@@ -206,12 +206,13 @@ def run_sweep(
             (run_id, TrainConfig(**json.loads(p)))
             for run_id, p in zip(row["trial_ids"], row["trial_params"], strict=True)
         ]
-        created = row["created_at"]
+        created, stopped_before = row["created_at"], row["stopped"]
     else:
-        sweep_id, created = new_id("sweep"), now()
+        sweep_id, created, stopped_before = new_id("sweep"), now(), []
         trials = plan(spec, sweep_id)
     store.check_writable()
-    done = {r["run_id"] for r in sweep_runs(store, sweep_id)}
+    # A trial the scheduler stopped stays stopped; a failed or interrupted one runs again.
+    done = {r["run_id"] for r in sweep_runs(store, sweep_id)} | set(stopped_before)
     todo = [(run_id, cfg) for run_id, cfg in trials if run_id not in done]
     images, labels = data.load(spec["dataset"], "train", data_dir)
     if resume is not None:
@@ -225,18 +226,20 @@ def run_sweep(
         "trial_ids": [run_id for run_id, _ in trials],
         "trial_params": [json.dumps(cfg.to_dict()) for _, cfg in trials],
     }
-    _write_sweep(store, sweep, "running", [], [], 0.0)
+    _write_sweep(store, sweep, "running", [], stopped_before, 0.0)
     from mnist_ray.cluster import connect
 
     started = time.perf_counter()
-    with connect(address, log=log):
-        try:
+    try:
+        with connect(address, log=log):
             failed, stopped = _tune(spec, store, sweep_id, todo, images, labels, log)
-        except KeyboardInterrupt:
-            _write_sweep(store, sweep, "interrupted", [], [], time.perf_counter() - started)
-            raise
-        if spec["evaluate"]:
-            _evaluate(store, sweep_id, spec, data_dir, log)
+            if spec["evaluate"]:
+                _evaluate(store, sweep_id, spec, data_dir, log)
+    except BaseException as exc:  # the row says how it ended; trials that finished keep runs
+        how = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        _write_sweep(store, sweep, how, [], stopped_before, time.perf_counter() - started)
+        raise
+    stopped = stopped_before + stopped
     return _write_sweep(store, sweep, "finished", failed, stopped, time.perf_counter() - started)
 
 
@@ -322,6 +325,7 @@ def _tune(spec, store, sweep_id, todo, images, labels, log) -> tuple[list[str], 
             failed.append(f"{run_id}: {metrics['error']}")
         elif not metrics.get("stored"):
             stopped.append(run_id)
+            checkpoints.clear(store, run_id)  # a stopped trial is final: nothing to resume
     for line in failed:
         log(f"Trial failed: {line}")
     return failed, stopped

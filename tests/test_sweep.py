@@ -334,9 +334,21 @@ def test_fractional_cpu_and_gpu_requests_reach_ray(local, tmp_path):
         "--cpus-per-trial", "0.5", "--store", str(store),
     )  # fmt: skip
     try:
-        actors = _wait(
-            lambda: len(a := local.trial_actors(detail=True)) == 2 and a, "two trial actors"
-        )
+        seen = []
+
+        def two_trials():  # this sweep's: a share of the GPU (an earlier test's are CPU-only)
+            seen[:] = local.trial_actors(detail=True)
+            mine = [a for a in seen if any(k.startswith("GPU") for k in a.required_resources)]
+            return len(mine) == 2 and mine
+
+        try:
+            actors = _wait(two_trials, "two trial actors", timeout=120)
+        except AssertionError:
+            pgs = list_placement_groups(address=local.address, detail=True, limit=10_000)
+            raise AssertionError(
+                f"{proc.poll()=}, trial actors: {seen}, available {ray.available_resources()}, "
+                f"groups {[(g.state, g.bundles) for g in pgs if g.state != 'REMOVED']}"
+            ) from None
         groups = {
             g.placement_group_id: g
             for g in list_placement_groups(address=local.address, detail=True, limit=10_000)
