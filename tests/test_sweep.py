@@ -3,8 +3,8 @@
     PYTHONPATH=. MNIST_RAY_DATA=../shared/datasets python -m pytest tests/test_sweep.py -q
 
 One module-scoped `ray.cluster_utils.Cluster` serves every test: a 2-CPU head (with the
-dashboard, for the state API) and a second node declaring one GPU, so fractional GPU
-requests can be checked where Ray places them. Trials are tiny (1-2 epochs) except where a
+dashboard, for the state API) and a second node declaring one GPU and 2 CPUs, so
+fractional GPU requests can be checked where Ray places them. Trials are tiny (1-2 epochs) except where a
 test must catch one running; CPU trials say `--gpus-per-trial 0`.
 """
 
@@ -52,15 +52,16 @@ class Local:
     def __init__(self, cluster: Cluster, gpu_node_id: str):
         self.cluster, self.address, self.gpu_node_id = cluster, cluster.address, gpu_node_id
 
-    def trial_actors(self, detail: bool = False) -> list:
-        actors = list_actors(
-            address=self.address,
-            filters=[("state", "=", "ALIVE")],
-            detail=detail,
-            limit=10_000,  # the limit can apply before the filter: earlier tests' dead actors
-            raise_on_missing_output=False,
-        )
-        return [a for a in actors if a.class_name == TRIAL_ACTOR]
+    def trial_actors(self, detail: bool = False, state: str = "ALIVE") -> list:
+        """Tune's trial actors in `state` ("": any but DEAD). Filtered here, not by the state
+        API: its limit can apply before its filter, and it answers slowly on a busy machine."""
+        actors = list_actors(address=self.address, detail=detail, limit=10_000, timeout=60)
+        return [
+            a
+            for a in actors
+            if a.class_name == TRIAL_ACTOR
+            and (a.state == state or (not state and a.state != "DEAD"))
+        ]
 
     def cli(self, *args: str) -> subprocess.Popen:
         return subprocess.Popen(
@@ -97,7 +98,9 @@ def local():
     ours = head.address
     _restore_address_file(saved_address, ours)
     try:
-        gpu = head.add_node(num_cpus=1, num_gpus=1, node_ip_address="127.0.0.1")
+        # Two CPUs beside the GPU: two half-GPU trials fit even while an earlier test's
+        # trial process there is still being cleaned up.
+        gpu = head.add_node(num_cpus=2, num_gpus=1, node_ip_address="127.0.0.1")
         head.wait_for_nodes()
         ray.init(address=ours, log_to_driver=False, logging_level="ERROR")
         yield Local(head, gpu.node_id)
@@ -254,8 +257,12 @@ def test_bad_sweep_options_are_one_clear_line(args, needle, tmp_path):
 
 def test_killed_trial_worker_is_retried_to_identical_costs(local, train_split, tmp_path):
     store = Store(tmp_path / "store")
-    epochs = 100  # long enough for the state API to show the trial's actor before it ends
-    spec = sweep.definition(epochs=epochs, gpus_per_trial=0, checkpoint_every=0)
+    # Small batches make long epochs: the state API, slow on a busy machine, must show the
+    # trial's actor well before the trial ends.
+    epochs, batch = 30, 10
+    spec = sweep.definition(
+        epochs=epochs, batch_size=str(batch), gpus_per_trial=0, checkpoint_every=0
+    )
     got = {}
     thread = threading.Thread(
         target=lambda: got.update(summary=sweep.run_sweep(spec, store, None, log=lambda _: None))
@@ -273,7 +280,7 @@ def test_killed_trial_worker_is_retried_to_identical_costs(local, train_split, t
     (row,) = store.read("runs")[0]
     assert row["run_id"] == epoch2.parent.name
     assert row["attempts"] == 2  # resumed from its checkpoint, not restarted from scratch
-    assert row["epoch_costs"] == reference(train_split, epochs=epochs).epoch_costs
+    assert row["epoch_costs"] == reference(train_split, epochs=epochs, batch_size=batch).epoch_costs
     assert got["summary"]["failed"] == []
 
 
@@ -330,25 +337,21 @@ def test_resume_runs_only_the_missing_trials(local, tmp_path):
 def test_fractional_cpu_and_gpu_requests_reach_ray(local, tmp_path):
     store = tmp_path / "store"
     proc = local.cli(
-        "--seed", "1,2", "--epochs", "500", "--gpus-per-trial", "0.5",
+        "--seed", "1,2", "--epochs", "5000", "--gpus-per-trial", "0.5",
         "--cpus-per-trial", "0.5", "--store", str(store),
     )  # fmt: skip
     try:
         seen = []
 
         def two_trials():  # this sweep's: a share of the GPU (an earlier test's are CPU-only)
-            seen[:] = local.trial_actors(detail=True)
+            seen[:] = local.trial_actors(detail=True, state="")  # created, or being created
             mine = [a for a in seen if any(k.startswith("GPU") for k in a.required_resources)]
             return len(mine) == 2 and mine
 
         try:
             actors = _wait(two_trials, "two trial actors", timeout=120)
         except AssertionError:
-            pgs = list_placement_groups(address=local.address, detail=True, limit=10_000)
-            raise AssertionError(
-                f"{proc.poll()=}, trial actors: {seen}, available {ray.available_resources()}, "
-                f"groups {[(g.state, g.bundles) for g in pgs if g.state != 'REMOVED']}"
-            ) from None
+            raise AssertionError(f"{proc.poll()=}, trial actors: {seen}") from None
         groups = {
             g.placement_group_id: g
             for g in list_placement_groups(address=local.address, detail=True, limit=10_000)
@@ -357,9 +360,9 @@ def test_fractional_cpu_and_gpu_requests_reach_ray(local, tmp_path):
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)
     for actor in actors:  # both trials share the one GPU, half each, on the GPU node
-        assert actor.node_id == local.gpu_node_id
-        bundles = [b["unit_resources"] for b in groups[actor.placement_group_id].bundles]
-        assert bundles == [{"CPU": 0.5, "GPU": 0.5}]
+        (bundle,) = groups[actor.placement_group_id].bundles
+        assert bundle["unit_resources"] == {"CPU": 0.5, "GPU": 0.5}
+        assert bundle["node_id"] == local.gpu_node_id  # reserved where the GPU is
         asked = actor.required_resources  # in the placement group's names: CPU_group_<id>, ...
         got = {k.split("_group_")[0]: v for k, v in asked.items() if k.startswith(("CPU", "GPU"))}
         assert got == {"CPU": 0.5, "GPU": 0.5}, asked
