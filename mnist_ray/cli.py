@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
 from mnist_ray import __version__, helptext, jobs  # noqa: F401  (helptext: --help's format)
 from mnist_ray.config import MAX_SHARDS, ConfigError, EvalConfig, TrainConfig, check_id
@@ -212,6 +213,125 @@ def evaluate(
             f"sample {s['index']}: label {s['label']}, predicted {s['prediction']} "
             f"(p={p[s['prediction']]:.3f}; p[{s['label']}]={p[s['label']]:.3f})"
         )
+
+
+# ---- sweep ------------------------------------------------------------------------------------
+
+
+@app.command()
+@friendly
+def sweep(
+    ctx: typer.Context,
+    lr: Annotated[
+        str, typer.Option(help="Learning rates: a list 0.01,0.1,0.5 or a range 0.001..1.")
+    ] = "0.1",
+    batch_size: Annotated[
+        str, typer.Option(help="Batch sizes: a list 50,100 or a range 50..200.")
+    ] = "100",
+    seed: Annotated[str, typer.Option(help="Seeds: a list 777,1,2 or a range 0..1000.")] = "777",
+    epochs: Annotated[
+        int, typer.Option(min=1, max=10_000, help="Passes over the training set, every trial.")
+    ] = 15,
+    dataset: Annotated[Dataset, typer.Option(help="Which dataset.")] = Dataset.mnist,
+    samples: Annotated[
+        int, typer.Option(min=1, help="Trials per grid point, each drawing the ranges anew.")
+    ] = 1,
+    search_seed: Annotated[
+        int, typer.Option(min=0, help="Seed of the range draws: the same seed, the same trials.")
+    ] = 0,
+    early_stop: Annotated[
+        bool, typer.Option("--early-stop", help="Stop trials that trail the others (ASHA).")
+    ] = False,
+    gpus_per_trial: Annotated[
+        float | None,
+        typer.Option(
+            min=0, help="GPU share per trial, e.g. 0.25 (default: 0.25 with a GPU, else 0)."
+        ),
+    ] = None,
+    cpus_per_trial: Annotated[float, typer.Option(min=0, help="CPUs per trial.")] = 1.0,
+    evaluate: Annotated[
+        bool, typer.Option("--evaluate", help="Evaluate every finished trial (sharded).")
+    ] = False,
+    shards: Annotated[
+        int, typer.Option(min=1, max=MAX_SHARDS, help="With --evaluate: CPU tasks per run.")
+    ] = 4,
+    checkpoint_every: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=86_400,
+            help="Seconds between checkpoints a retried trial resumes from; 0: every epoch.",
+        ),
+    ] = 60.0,
+    resume: Annotated[
+        str | None,
+        typer.Option(help="Run the trials of this sweep that have no run yet.", metavar="SWEEP_ID"),
+    ] = None,
+    data_dir: DataDirOpt = None,
+    store: StoreOpt = DEFAULT_STORE,
+    address: AddressOpt = None,
+    wait: Annotated[
+        bool, typer.Option(help="With an http:// address: follow the job to its end.")
+    ] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train many configurations as one Ray Tune experiment; each trial is a run in the store.
+
+    Example: mnist-ray sweep --lr 0.01,0.1,0.5 --seed 777,1,2 --epochs 5
+    """
+    from mnist_ray import sweep as sweeps
+
+    spec = sweeps.definition(
+        lr, batch_size, seed, epochs, dataset.value, samples, search_seed, early_stop,
+        gpus_per_trial, cpus_per_trial, evaluate, shards, checkpoint_every,
+    )  # fmt: skip
+    if resume is not None:
+        check_id(resume, "--resume")
+    if jobs.is_remote(address):
+        argv = jobs.command_argv(ctx)
+        raise typer.Exit(jobs.submit_cli(address, store, argv, wait=wait, log=err.print))
+    target = Store(jobs.absolute_store(store, address))
+    try:
+        summary = sweeps.run_sweep(spec, target, address, data_dir, resume, log=err.print)
+    except KeyboardInterrupt:  # not an error: the user asked to stop
+        err.print("interrupted: every trial was stopped; finished trials keep their runs.")
+        raise typer.Exit(130) from None
+    if as_json:
+        print(to_json(summary))
+        return
+    _leaderboard(summary)
+
+
+def _leaderboard(summary: dict) -> None:
+    """Best first; only the parameters that vary, then the outcome of each trial."""
+    trials, varying = summary["trials"], summary["varying"]
+    table = Table(title=f"sweep {summary['sweep_id']}", title_justify="left")
+    for col in ("#", "run_id", *varying, "final cost", "seconds", "peak MiB"):
+        table.add_column(col, justify="left" if col == "run_id" else "right")
+    evaluated = any(t["accuracy"] is not None for t in trials)
+    if evaluated:
+        table.add_column("accuracy", justify="right")
+    if any(t["status"] != "finished" for t in trials):
+        table.add_column("status")
+    for rank, t in enumerate(trials, 1):
+        cells = [str(rank), t["run_id"], *(f"{t[n]:g}" for n in varying)]
+        cells += [
+            f"{t['final_cost']:.9f}" if t["final_cost"] is not None else "-",
+            f"{t['train_seconds']:.2f}" if t["train_seconds"] is not None else "-",
+            f"{t['peak_rss_mib']:.0f}" if t["peak_rss_mib"] is not None else "-",
+        ]
+        if evaluated:
+            cells.append(f"{t['accuracy']:.4f}" if t["accuracy"] is not None else "-")
+        if len(table.columns) > len(cells):
+            cells.append(t["status"] + (f": {t['error']}" if t["error"] else ""))
+        table.add_row(*cells)
+    out.print(table)
+    done = sum(t["status"] == "finished" for t in trials)
+    best = f", best {summary['best_run_id']}" if summary["best_run_id"] else ""
+    out.print(
+        f"{done}/{len(trials)} trials finished in {summary['wall_seconds']:.1f} s{best}; "
+        f"status {summary['status']}"
+    )
 
 
 # ---- results and show -------------------------------------------------------------------------

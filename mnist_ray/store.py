@@ -9,6 +9,7 @@ Layout, readable by any Parquet reader (pyarrow.dataset, pandas, DuckDB, Spark):
     <store>/runs/<run_id>.parquet                 one row per training run
     <store>/evaluations/<eval_id>.parquet         one row per evaluation
     <store>/weights/<run_id>.safetensors          the trained weights, no pickle
+    <store>/sweeps/<sweep_id>.parquet             one row per sweep: definition, status, best
     <store>/checkpoints/<run_id>/epoch-NNNN.safetensors   per-epoch state while training
 
 Every file is written under a temporary name starting with '.' and then moved to its
@@ -57,6 +58,7 @@ RUNS = pa.schema(
         ("ray_version", pa.string()),
         ("peak_rss_mib", pa.float64()),  # the training task's process, at its peak
         ("gpu_peak_mib", pa.float64()),  # torch's peak allocation on the GPU; null on a CPU
+        ("sweep_id", pa.string()),  # the sweep this run was a trial of; null for a single run
     ]
 )
 
@@ -90,10 +92,28 @@ EVALUATIONS = pa.schema(
     ]
 )
 
-SCHEMAS = {"runs": RUNS, "evaluations": EVALUATIONS}
-KEYS = {"runs": "run_id", "evaluations": "eval_id"}
+SWEEPS = pa.schema(
+    [
+        ("sweep_id", pa.string()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+        ("updated_at", pa.timestamp("us", tz="UTC")),  # the row is rewritten as the sweep goes
+        ("status", pa.string()),  # running, finished, interrupted, failed
+        ("definition", pa.string()),  # JSON: what was asked (lists, ranges, resources, ...)
+        ("trial_ids", pa.list_(pa.string())),  # every trial's run_id, in order
+        ("trial_params", pa.list_(pa.string())),  # JSON: each trial's TrainConfig
+        ("finished", pa.list_(pa.string())),  # run_ids with a run row
+        ("stopped", pa.list_(pa.string())),  # run_ids ended early by the scheduler (ASHA)
+        ("failed", pa.list_(pa.string())),  # "run_id: cause", one per failed trial
+        ("best_run_id", pa.string()),  # lowest final cost among the finished trials
+        ("best_cost", pa.float64()),
+        ("wall_seconds", pa.float64()),  # this invocation's Tune experiment, start to end
+    ]
+)
+
+SCHEMAS = {"runs": RUNS, "evaluations": EVALUATIONS, "sweeps": SWEEPS}
+KEYS = {"runs": "run_id", "evaluations": "eval_id", "sweeps": "sweep_id"}
 # Columns added after the first release: read as null from files written before them.
-OPTIONAL = {"peak_rss_mib", "gpu_peak_mib", "shard_peak_rss_mib"}
+OPTIONAL = {"peak_rss_mib", "gpu_peak_mib", "shard_peak_rss_mib", "sweep_id"}
 OPTIONAL |= {f"misclassified_{c}" for c in ("index", "label", "prediction", "pixels")}
 
 

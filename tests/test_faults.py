@@ -453,12 +453,14 @@ def test_killed_training_worker_leaves_stdout_one_json_document(local, train_spl
 
     images, labels = train_split
     store = tmp_path / "store"
-    proc = local.cli("submit", "train", "--epochs", "4", "--store", str(store), "--json")
+    # 40 epochs (seconds of training): the kill must land while the task runs, even when
+    # the state API reports it late.
+    proc = local.cli("submit", "train", "--epochs", "40", "--store", str(store), "--json")
     reference = {}
     ref_thread = threading.Thread(  # the same training, uninterrupted, on the other CPU
         target=lambda: reference.update(
             cluster.train_on_ray(
-                TrainConfig(epochs=4), images, labels, Store(tmp_path / "ref"), "run-reference"
+                TrainConfig(epochs=40), images, labels, Store(tmp_path / "ref"), "run-reference"
             )
         )
     )

@@ -170,7 +170,7 @@ def test_compose_cluster_shape_and_security_defaults():
 @pytest.mark.parametrize("name,entrypoint", entrypoints())
 def test_entrypoints_are_real_commands_on_shared_storage(name, entrypoint):
     command, ctx = resolve(entrypoint)
-    assert command.name in ("train", "evaluate"), name
+    assert command.name in ("train", "evaluate", "sweep"), name
     check_shared_store(ctx.params["store"])  # a URI or an absolute path
     assert ctx.params["address"] is None, f"{name}: the job connects to its own cluster"
 
@@ -225,3 +225,31 @@ def test_training_rayjob_has_a_gpu_worker_group():
     assert cluster["headGroupSpec"]["rayStartParams"]["num-gpus"] == "0"
     _, ctx = resolve(job["spec"]["entrypoint"])
     assert ctx.params["gpus"].value == "1"  # fail fast if the GPU never comes
+
+
+def test_sweep_rayjob_packs_quarter_gpu_trials_on_its_gpu_worker_group():
+    job = yaml.safe_load((REPO / "jobs" / "kuberay" / "rayjob-sweep.yaml").read_text())
+    command, ctx = resolve(job["spec"]["entrypoint"])
+    assert command.name == "sweep"
+    share, cpus = ctx.params["gpus_per_trial"], ctx.params["cpus_per_trial"]
+    assert 0 < share < 1  # several trials to a GPU
+    cluster = job["spec"]["rayClusterSpec"]
+    (gpu,) = [g for g in cluster["workerGroupSpecs"] if g["rayStartParams"].get("num-gpus") == "1"]
+    # enough CPUs on the GPU worker for every trial that fits on its GPU
+    assert float(gpu["rayStartParams"]["num-cpus"]) >= round(1 / share) * cpus
+    (container,) = gpu["template"]["spec"]["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-gpus"] == "0"
+
+
+def test_the_gpu_check_sweep_parses():
+    """../shared/device/gpu-check.sh runs this line on a GPU machine: 64 trials, 8 to a GPU."""
+    command, ctx = resolve(
+        "mnist-ray sweep --lr 0.01,0.02,0.05,0.1,0.2,0.3,0.5,1.0 --seed 1,2,3,4,5,6,7,777 "
+        "--gpus-per-trial 0.125 --store /tmp/S --json"
+    )
+    assert command.name == "sweep" and ctx.params["gpus_per_trial"] == 0.125
+    from mnist_ray.sweep import definition, plan
+
+    spec = definition(ctx.params["lr"], seed=ctx.params["seed"], gpus_per_trial=0.125)
+    assert len(plan(spec, "sweep-x")) == 64

@@ -12,7 +12,7 @@ import subprocess
 import pytest
 from conftest import REPO, client_env, eval_row, stored_run
 
-from mnist_ray.store import EVALUATIONS, RUNS, Store
+from mnist_ray.store import EVALUATIONS, RUNS, SWEEPS, Store
 
 README = (REPO / "README.md").read_text()
 
@@ -22,7 +22,9 @@ def readme_lines(start: str) -> list[str]:
     return [ln.strip() for ln in README.splitlines() if ln.startswith(f"    {start}")]
 
 
-@pytest.mark.parametrize("table, schema", [("runs", RUNS), ("evaluations", EVALUATIONS)])
+@pytest.mark.parametrize(
+    "table, schema", [("runs", RUNS), ("evaluations", EVALUATIONS), ("sweeps", SWEEPS)]
+)
 def test_the_store_table_lists_the_schemas_columns(table, schema):
     (row,) = [ln for ln in README.splitlines() if ln.startswith(f"| {table} | ")]
     assert re.findall(r"`(\w+)`", row) == schema.names
