@@ -91,10 +91,15 @@ def cli(args: list[str], env: dict) -> tuple[float, float, dict, list[tuple[floa
         bufsize=1,
     )
     lines: list[tuple[float, str]] = []
-    reader = threading.Thread(
-        target=lambda: lines.extend((time.perf_counter() - started, ln) for ln in proc.stderr)
-    )
-    reader.start()
+    stdout: list[str] = []  # read as it comes: a row of 100 KB would fill the pipe and stall
+    readers = [
+        threading.Thread(
+            target=lambda: lines.extend((time.perf_counter() - started, ln) for ln in proc.stderr)
+        ),
+        threading.Thread(target=lambda: stdout.append(proc.stdout.read())),
+    ]
+    for reader in readers:
+        reader.start()
     peak = 0.0
     while proc.poll() is None:
         try:
@@ -105,11 +110,11 @@ def cli(args: list[str], env: dict) -> tuple[float, float, dict, list[tuple[floa
             pass
         time.sleep(0.02)
     elapsed = time.perf_counter() - started
-    stdout = proc.stdout.read()
-    reader.join()
+    for reader in readers:
+        reader.join()
     if proc.returncode != 0:
         sys.exit(f"mnist-ray {' '.join(args)} failed:\n{''.join(ln for _, ln in lines)}")
-    return elapsed, peak, json.loads(stdout), lines
+    return elapsed, peak, json.loads(stdout[0]), lines
 
 
 KEY_LINES = ("Training ", "Evaluating ", "Connecting ", "Connected ", "Epoch: 0001", "Epoch: 0015")
