@@ -5,10 +5,10 @@
         outcome = train_on_ray(cfg, images, labels, store, run_id, gpus="auto")
 
 Resources sit on the remote definitions: training is one task (`num_gpus=1` when the
-cluster has a GPU), evaluation one `num_cpus=1` task per shard. Inputs go into the
-object store once (`ray.put`) and every task gets references; the driver submits
-everything, then calls `ray.get` once. The arithmetic lives in train.py and
-evaluate.py; nothing here computes.
+cluster has a GPU) that streams its epochs back as it runs, evaluation one `num_cpus=1`
+task per shard. Inputs go into the object store once (`ray.put`) and every task gets
+references; the driver submits everything, then gathers. The arithmetic lives in
+train.py and evaluate.py; nothing here computes.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from mnist_ray.streams import ray_output_to_stderr
 RETRIES = 3  # Ray re-runs a task whose worker or node died, this many times
 CHECKPOINT_EVERY = 60.0  # seconds between training checkpoints; 0: after every epoch
 FAULTS = "MNIST_RAY_FAULTS"  # fault injection for tests: a folder of tokens, see _fault
+CLIENT_SERVER_FAILED = "Starting Ray client server failed"  # a ray:// start to try again
 
 __all__ = [
     "ClusterError",
@@ -92,11 +93,19 @@ def _session(address: str | None, log: Callable[[str], None]) -> Iterator[None]:
     _token_alone_is_enough()
     log(f"Connecting to Ray at {address} ...")
     with _held_stderr(hold=True) as held:
-        try:
-            ray.init(**kwargs)
-            failure = None
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            failure = exc
+        for attempt in (1, 2):
+            try:
+                ray.init(**kwargs)
+                failure = None
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                failure = exc
+            # ray://: the head starts a server of its own for each client, on the next port
+            # of its range; one that is still closing after the previous client left makes
+            # the start fail ("Starting Ray client server failed"). Once more, a moment later.
+            if failure is None or CLIENT_SERVER_FAILED not in str(failure) or attempt == 2:
+                break
+            ray.shutdown()  # whatever half of the client session the failure left
+            time.sleep(2)
     if failure is not None:
         raise _connect_error(address, failure, held.text) from None
     sys.stderr.write(held.text)  # what Ray said while connecting, now that it worked
