@@ -86,6 +86,7 @@ AddressOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout.")]
+WaitOpt = Annotated[bool, typer.Option(help="With an http:// address: follow the job to its end.")]
 
 
 # ---- submit train -----------------------------------------------------------------------------
@@ -118,9 +119,7 @@ def submit_train(
             help="Seconds between checkpoints a retried task resumes from; 0: every epoch.",
         ),
     ] = 60.0,
-    wait: Annotated[
-        bool, typer.Option(help="With an http:// address: follow the job to its end.")
-    ] = True,
+    wait: WaitOpt = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Train the softmax regression on a Ray worker (a GPU when there is one), store the run.
@@ -177,9 +176,7 @@ def evaluate(
     data_dir: DataDirOpt = None,
     store: StoreOpt = DEFAULT_STORE,
     address: AddressOpt = None,
-    wait: Annotated[
-        bool, typer.Option(help="With an http:// address: follow the job to its end.")
-    ] = True,
+    wait: WaitOpt = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Evaluate a run on the 10,000 test images, sharded over CPU tasks; store the result.
@@ -270,9 +267,7 @@ def sweep(
     data_dir: DataDirOpt = None,
     store: StoreOpt = DEFAULT_STORE,
     address: AddressOpt = None,
-    wait: Annotated[
-        bool, typer.Option(help="With an http:// address: follow the job to its end.")
-    ] = True,
+    wait: WaitOpt = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Train many configurations as one Ray Tune experiment; each trial is a run in the store.
