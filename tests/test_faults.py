@@ -12,6 +12,7 @@ $MNIST_RAY_FAULTS tokens, which is still a real process death that Ray has to re
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -95,16 +96,21 @@ class Local:
         )
 
 
-@pytest.fixture(scope="module")
-def local(tmp_path_factory):
+@contextlib.contextmanager
+def loopback_cluster(env: dict[str, str], gpu_node: dict | None = None):
+    """A `Cluster` of this module's kind (127.0.0.1 only, its own ports, the dashboard for
+    the state API) with this process's driver connected, and `env` in the environment the
+    nodes' workers inherit. Yields (cluster, the extra node or None). On the way out it puts
+    back what it changed: the environment, Ray's loopback flag, the address file that a
+    bare `ray.init()` would join, and a session-wide Ray it had to shut down."""
     import ray._private.ray_constants as ray_constants
 
-    faults = tmp_path_factory.mktemp("faults")
     shared = ray.is_initialized()
     if shared:  # a session-wide Ray from conftest: give way, and bring it back after
         ray.shutdown()
-    saved_env = {k: os.environ.get(k) for k in [*LOOPBACK_ONLY, FAULTS]}
-    os.environ.update(LOOPBACK_ONLY | {FAULTS: str(faults)})  # the nodes' workers inherit it
+    env = LOOPBACK_ONLY | env
+    saved_env = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     saved_flag = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False  # read at import time; same meaning as the env
     saved_address = _read_address_file()
@@ -122,8 +128,12 @@ def local(tmp_path_factory):
     ours = head.address
     _restore_address_file(saved_address, ours)  # others' `ray.init()` must not join this one
     try:
+        extra = None
+        if gpu_node is not None:
+            extra = head.add_node(node_ip_address="127.0.0.1", **gpu_node)
+            head.wait_for_nodes()
         ray.init(address=ours, log_to_driver=False, logging_level="ERROR")
-        yield Local(head, faults)
+        yield head, extra
     finally:
         ray.shutdown()
         current = _read_address_file()
@@ -140,6 +150,13 @@ def local(tmp_path_factory):
                 os.environ[k] = v
         if shared:  # a new local instance, never one found through the address file
             ray.init(address="local", num_cpus=2)
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    faults = tmp_path_factory.mktemp("faults")
+    with loopback_cluster({FAULTS: str(faults)}) as (head, _):  # workers inherit FAULTS
+        yield Local(head, faults)
 
 
 def _read_address_file() -> str | None:

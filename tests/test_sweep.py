@@ -25,14 +25,7 @@ import torch  # noqa: E402
 from conftest import TUTORIAL_COSTS, make_dataset  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 from ray.util.state import list_actors, list_placement_groups  # noqa: E402
-from test_faults import (  # noqa: E402
-    LOOPBACK_ONLY,
-    MNIST_RAY,
-    _free_port,
-    _read_address_file,
-    _restore_address_file,
-    _wait,
-)
+from test_faults import LOOPBACK_ONLY, MNIST_RAY, _wait, loopback_cluster  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from mnist_ray import cli, data, sweep  # noqa: E402
@@ -77,46 +70,10 @@ class Local:
 
 @pytest.fixture(scope="module")
 def local():
-    import ray._private.ray_constants as ray_constants
-
-    if ray.is_initialized():  # the session-wide Ray from conftest: give way
-        ray.shutdown()
-    saved_env = {k: os.environ.get(k) for k in LOOPBACK_ONLY}
-    os.environ.update(LOOPBACK_ONLY)
-    saved_flag = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    saved_address = _read_address_file()
-    head = Cluster(
-        initialize_head=True,
-        head_node_args=dict(
-            num_cpus=2,
-            node_ip_address="127.0.0.1",
-            gcs_server_port=_free_port(),
-            include_dashboard=True,  # the state API answers through it
-            dashboard_host="127.0.0.1",
-            dashboard_port=_free_port(),
-        ),
-    )
-    ours = head.address
-    _restore_address_file(saved_address, ours)
-    try:
-        # Two CPUs beside the GPU: two half-GPU trials fit even while an earlier test's
-        # trial process there is still being cleaned up.
-        gpu = head.add_node(num_cpus=2, num_gpus=1, node_ip_address="127.0.0.1")
-        head.wait_for_nodes()
-        ray.init(address=ours, log_to_driver=False, logging_level="ERROR")
+    # Two CPUs beside the GPU: two half-GPU trials fit even while an earlier test's trial
+    # process there is still being cleaned up.
+    with loopback_cluster({}, gpu_node={"num_cpus": 2, "num_gpus": 1}) as (head, gpu):
         yield Local(head, gpu.node_id)
-    finally:
-        ray.shutdown()
-        current = _read_address_file()
-        head.shutdown()
-        _restore_address_file(current if current not in (None, ours) else saved_address, None)
-        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture(scope="module")
