@@ -295,10 +295,19 @@ def _fault(stage: str) -> None:
     """Fault injection for the fault tests. When $MNIST_RAY_FAULTS names a folder (in the
     environment of the Ray workers), a task of `stage` ("train" or "shard") that manages to
     remove one file named `<stage>-*` from it kills its own process with SIGKILL: a real
-    worker death, as the OOM killer would cause, that Ray retries. Unset: does nothing."""
+    worker death, as the OOM killer would cause, that Ray retries. A task that removes a
+    file named `stall-<stage>-<its node id>` instead sleeps until its node is taken away,
+    so a test can lose a node with a task surely on it. Unset: does nothing."""
     folder = os.environ.get(FAULTS)
     if not folder:
         return
+    stall = Path(folder) / f"stall-{stage}-{ray.get_runtime_context().get_node_id()}"
+    try:
+        stall.unlink()
+    except FileNotFoundError:
+        pass
+    else:
+        time.sleep(600)  # the test removes this node well before
     for token in sorted(Path(folder).glob(f"{stage}-*")):
         try:
             token.unlink()  # atomic: of tasks racing for one token, one wins

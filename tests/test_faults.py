@@ -341,23 +341,21 @@ def test_node_lost_during_evaluation(local, test_split, tmp_path):
     extra_id = extra.node_id
     got = {}
 
-    def evaluate():  # many short shards, so the evaluation outlasts the node
-        got["merged"] = cluster.evaluate_on_ray(weights, images, labels, 2000, 0)
+    # The first shard to start on the extra node stalls there, so the node surely dies with
+    # a shard on it: seeing a millisecond shard RUNNING through the state API is a race.
+    stall = local.faults / f"stall-shard-{extra_id}"
+    stall.touch()
+
+    def evaluate():  # many shards, so that some land on the extra node
+        got["merged"] = cluster.evaluate_on_ray(weights, images, labels, 1000, 0)
 
     thread = threading.Thread(target=evaluate)
     try:
         thread.start()
-        _wait(
-            lambda: [
-                t
-                for t in local.tasks(node_id=extra_id, state="RUNNING")
-                if t.name.startswith("shard ")
-            ],
-            "a shard running on the extra node",
-            every=0.05,
-        )
+        _wait(lambda: not stall.exists(), "a shard to start on the extra node", every=0.05)
     finally:
         local.cluster.remove_node(extra, allow_graceful=False)
+        stall.unlink(missing_ok=True)
     assert thread.is_alive(), "the evaluation ended before the node was lost"
     thread.join(timeout=240)
     assert not thread.is_alive()
