@@ -235,7 +235,7 @@ def train(
 def _tensor(array: np.ndarray | torch.Tensor) -> torch.Tensor:
     """A tensor over the array's memory, without a copy. Arrays from Ray's object store are
     read-only views of shared memory; torch warns about those because it can't stop a
-    write, but training only reads them (the float copy it trains from is its own)."""
+    write, but training only reads them: each batch is gathered into a new tensor."""
     if isinstance(array, torch.Tensor):
         return array
     with warnings.catch_warnings():
