@@ -64,7 +64,7 @@ def baseline(args) -> float:
     import ray
 
     from mnist_ray import cluster, data
-    from mnist_ray.config import TrainConfig
+    from mnist_ray.config import CHECKPOINT_EVERY, TrainConfig
     from mnist_ray.store import Store
 
     images, labels = data.load("mnist", "train")
@@ -80,7 +80,7 @@ def baseline(args) -> float:
                 store.location,
                 f"run-{i}",
                 False,
-                cluster.CHECKPOINT_EVERY,
+                CHECKPOINT_EVERY,
             )
             for i, (lr, seed) in enumerate(
                 (lr, seed) for lr in args.lr.split(",") for seed in args.seed.split(",")

@@ -18,7 +18,14 @@ import typer
 from rich.table import Table
 
 from mnist_ray import __version__, helptext, jobs  # noqa: F401  (helptext: --help's format)
-from mnist_ray.config import MAX_SHARDS, ConfigError, EvalConfig, TrainConfig, check_id
+from mnist_ray.config import (
+    CHECKPOINT_EVERY,
+    MAX_SHARDS,
+    ConfigError,
+    EvalConfig,
+    TrainConfig,
+    check_id,
+)
 from mnist_ray.store import DEFAULT_STORE, Store
 from mnist_ray.streams import install_result_marker
 from mnist_ray.ui import err, fail, friendly, out, to_json
@@ -87,6 +94,14 @@ AddressOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout.")]
 WaitOpt = Annotated[bool, typer.Option(help="With an http:// address: follow the job to its end.")]
+CheckpointEveryOpt = Annotated[
+    float,
+    typer.Option(
+        min=0,
+        max=86_400,
+        help="Seconds between checkpoints a retried worker resumes from; 0: every epoch.",
+    ),
+]
 
 
 # ---- submit train -----------------------------------------------------------------------------
@@ -111,14 +126,7 @@ def submit_train(
     gpus: Annotated[
         Gpus, typer.Option(help="auto: a GPU if the cluster has one; 1: require one; 0: CPU.")
     ] = Gpus.auto,
-    checkpoint_every: Annotated[
-        float,
-        typer.Option(
-            min=0,
-            max=86_400,
-            help="Seconds between checkpoints a retried task resumes from; 0: every epoch.",
-        ),
-    ] = 60.0,
+    checkpoint_every: CheckpointEveryOpt = CHECKPOINT_EVERY,
     wait: WaitOpt = True,
     as_json: JsonOpt = False,
 ) -> None:
@@ -252,14 +260,7 @@ def sweep(
     shards: Annotated[
         int, typer.Option(min=1, max=MAX_SHARDS, help="With --evaluate: CPU tasks per run.")
     ] = 4,
-    checkpoint_every: Annotated[
-        float,
-        typer.Option(
-            min=0,
-            max=86_400,
-            help="Seconds between checkpoints a retried trial resumes from; 0: every epoch.",
-        ),
-    ] = 60.0,
+    checkpoint_every: CheckpointEveryOpt = CHECKPOINT_EVERY,
     resume: Annotated[
         str | None,
         typer.Option(help="Run the trials of this sweep that have no run yet.", metavar="SWEEP_ID"),

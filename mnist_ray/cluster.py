@@ -28,7 +28,7 @@ import numpy as np
 import ray
 
 from mnist_ray import checkpoints, local_ray
-from mnist_ray.config import TrainConfig, first_line
+from mnist_ray.config import CHECKPOINT_EVERY, TrainConfig, first_line
 from mnist_ray.errors import ClusterError, token_error
 from mnist_ray.evaluate import (
     evaluate_shard,
@@ -41,7 +41,6 @@ from mnist_ray.store import Store, new_id, now
 from mnist_ray.streams import ray_output_to_stderr
 
 RETRIES = 3  # Ray re-runs a task whose worker or node died, this many times
-CHECKPOINT_EVERY = 60.0  # seconds between training checkpoints; 0: after every epoch
 FAULTS = "MNIST_RAY_FAULTS"  # fault injection for tests: a folder of tokens, see _fault
 CLIENT_SERVER_FAILED = "Starting Ray client server failed"  # a ray:// start to try again
 

@@ -18,6 +18,9 @@ IN_FEATURES = 28 * 28  # one flattened image
 NUM_CLASSES = 10  # digits 0..9 (or the ten Fashion-MNIST classes)
 # What a weights file must hold, name -> shape; checked on every load (no torch needed).
 WEIGHT_SHAPES = {"weight": (NUM_CLASSES, IN_FEATURES), "bias": (NUM_CLASSES,)}
+# Seconds between the checkpoints a retried training task (or sweep trial) resumes from;
+# 0: after every epoch. Never after the last epoch, whose weights are stored anyway.
+CHECKPOINT_EVERY = 60.0
 
 # Run and evaluation ids become file names in the store: letters, digits, '-', '_' only,
 # so a name from the user can never climb out of the store ('../../etc' is refused).

@@ -34,14 +34,20 @@ from collections.abc import Callable
 import numpy as np
 
 from mnist_ray import checkpoints
-from mnist_ray.config import ConfigError, EvalConfig, TrainConfig, check_id, first_line
+from mnist_ray.config import (
+    CHECKPOINT_EVERY,
+    ConfigError,
+    EvalConfig,
+    TrainConfig,
+    check_id,
+    first_line,
+)
 from mnist_ray.store import Store, StoreError, new_id, now
 
 PARAMS = ("lr", "batch_size", "seed")  # what a sweep varies; epochs and dataset are one value
 OPTIONS = {"lr": "--lr", "batch_size": "--batch-size", "seed": "--seed"}
 MAX_TRIALS = 10_000  # a typo like --seed 1..100000 with --samples must not plan forever
 RETRIES = 3  # Tune restarts a trial whose worker died, this many times (as cluster.RETRIES)
-CHECKPOINT_EVERY = 60.0  # seconds between a trial's checkpoints (as `submit train`)
 DEFAULT_GPU_SHARE = 0.25  # --gpus-per-trial when the cluster has a GPU: four trials per GPU
 
 
