@@ -171,6 +171,16 @@ def line(what: str, rows: int, root: Path, **figures: float) -> None:
     )
 
 
+def compact_and_read(root: Path, rows: int) -> None:
+    """`compact`, then `results` over the compacted store."""
+    line("compact", rows, root, **{"compact command": command("compact", "--store", str(root))})
+    figures = {
+        "results command": command("results", "--store", str(root)),
+        "in process": in_process(root),
+    }
+    line("compacted", rows, root, **figures)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000,10000", help="row counts, one file per row")
@@ -199,16 +209,7 @@ def main() -> None:
             if n <= args.old_reader_max:
                 figures["per-file pyarrow"] = per_file_pyarrow(root)
             line("one file per row", n, root, **figures)
-        line("compact", have, root, **{"compact command": command("compact", "--store", str(root))})
-        line(
-            "compacted",
-            have,
-            root,
-            **{
-                "results command": command("results", "--store", str(root)),
-                "in process": in_process(root),
-            },
-        )
+        compact_and_read(root, have)
         if args.big:
             print(
                 f"writing rows {have}..{args.big - 1}: {grow(root, tmpl, have, args.big):.1f} s",
@@ -221,21 +222,7 @@ def main() -> None:
                 root,
                 **{"results command": command("results", "--store", str(root))},
             )
-            line(
-                "compact",
-                have,
-                root,
-                **{"compact command": command("compact", "--store", str(root))},
-            )
-            line(
-                "compacted",
-                have,
-                root,
-                **{
-                    "results command": command("results", "--store", str(root)),
-                    "in process": in_process(root),
-                },
-            )
+            compact_and_read(root, have)
         report = str(root.parent / "report.html")
         line(
             "report, latest 20 runs",
