@@ -459,16 +459,9 @@ def _train_through_a_queue(args: tuple, options: dict, show: Callable[[dict], No
                 shown = item["epoch"]
 
     try:
-        while not ray.wait([ref], timeout=0.5)[0]:
-            drain()
-        outcome = ray.get(ref)
+        (outcome,) = _gather([ref], "training", tick=lambda _: drain())
         drain()
         return outcome
-    except KeyboardInterrupt:
-        _cancel([ref], [ref])
-        raise
-    except ray.exceptions.RayError as exc:
-        raise _failure("training", exc) from None
     finally:
         ray.kill(progress.actor)
 
