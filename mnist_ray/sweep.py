@@ -246,7 +246,9 @@ def run_sweep(
         _write_sweep(store, sweep, how, [], stopped_before, time.perf_counter() - started)
         raise
     stopped = stopped_before + stopped
-    return _write_sweep(store, sweep, "finished", failed, stopped, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    row, runs = _write_sweep(store, sweep, "finished", failed, stopped, seconds)
+    return {**row, **leaderboard(store, row, runs)}
 
 
 def gpu_share(spec: dict, log: Callable[[str], None]) -> float:
@@ -415,8 +417,9 @@ def load_sweep(store: Store, sweep_id: str) -> dict:
     return rows[0]
 
 
-def _write_sweep(store, sweep, status, failed, stopped, seconds) -> dict:
-    """The sweep row as it stands (rewritten in place) and the leaderboard it implies."""
+def _write_sweep(store, sweep, status, failed, stopped, seconds) -> tuple[dict, dict]:
+    """Write the sweep row as it stands (rewritten in place); returns it and the sweep's
+    runs by id, for the leaderboard of a sweep that ended."""
     runs = {r["run_id"]: r for r in sweep_runs(store, sweep["sweep_id"])}
     finished = [t for t in sweep["trial_ids"] if t in runs]
     best = min(finished, key=lambda t: runs[t]["epoch_costs"][-1], default=None)
@@ -432,7 +435,7 @@ def _write_sweep(store, sweep, status, failed, stopped, seconds) -> dict:
         "wall_seconds": seconds,
     }
     store.write_row("sweeps", row)
-    return {**row, **leaderboard(store, row, runs)}
+    return row, runs
 
 
 def leaderboard(store: Store, sweep: dict, runs: dict[str, dict]) -> dict:
