@@ -104,6 +104,16 @@ CheckpointEveryOpt = Annotated[
 ]
 
 
+def _store_or_submit(ctx: typer.Context, address: str | None, store: str, wait: bool) -> Store:
+    """With an http:// address the command is submitted as a Ray job (and followed when
+    `wait`), and this exits with the job's outcome; otherwise the store the command uses,
+    made absolute when the tasks run on a cluster."""
+    if jobs.is_remote(address):
+        argv = jobs.command_argv(ctx)
+        raise typer.Exit(jobs.submit_cli(address, store, argv, wait=wait, log=err.print))
+    return Store(jobs.absolute_store(store, address))
+
+
 # ---- submit train -----------------------------------------------------------------------------
 
 
@@ -135,10 +145,7 @@ def submit_train(
     Example: mnist-ray submit train --epochs 15 --store ./mnist-ray-store
     """
     cfg = TrainConfig(dataset.value, epochs, batch_size, lr, seed).validate()
-    if jobs.is_remote(address):
-        argv = jobs.command_argv(ctx)
-        raise typer.Exit(jobs.submit_cli(address, store, argv, wait=wait, log=err.print))
-    target = Store(jobs.absolute_store(store, address))
+    target = _store_or_submit(ctx, address, store, wait)
     from mnist_ray import data
 
     images, labels = data.load(cfg.dataset, "train", data_dir)
@@ -192,10 +199,7 @@ def evaluate(
     Example: mnist-ray evaluate --shards 4
     """
     EvalConfig(shards).validate()
-    if jobs.is_remote(address):
-        argv = jobs.command_argv(ctx)
-        raise typer.Exit(jobs.submit_cli(address, store, argv, wait=wait, log=err.print))
-    target = Store(jobs.absolute_store(store, address))
+    target = _store_or_submit(ctx, address, store, wait)
     target.check_exists()  # a mistyped path is said so, not taken for an empty store
     found = target.find_run(run)
     weights = target.read_weights(found)
@@ -283,10 +287,7 @@ def sweep(
     )  # fmt: skip
     if resume is not None:
         check_id(resume, "--resume")
-    if jobs.is_remote(address):
-        argv = jobs.command_argv(ctx)
-        raise typer.Exit(jobs.submit_cli(address, store, argv, wait=wait, log=err.print))
-    target = Store(jobs.absolute_store(store, address))
+    target = _store_or_submit(ctx, address, store, wait)
     try:
         summary = sweeps.run_sweep(spec, target, address, data_dir, resume, log=err.print)
     except KeyboardInterrupt:  # not an error: the user asked to stop
