@@ -288,11 +288,7 @@ def sweep(
     if resume is not None:
         check_id(resume, "--resume")
     target = _store_or_submit(ctx, address, store, wait)
-    try:
-        summary = sweeps.run_sweep(spec, target, address, data_dir, resume, log=err.print)
-    except KeyboardInterrupt:  # not an error: the user asked to stop
-        err.print("interrupted: every trial was stopped; finished trials keep their runs.")
-        raise typer.Exit(130) from None
+    summary = sweeps.run_sweep(spec, target, address, data_dir, resume, log=err.print)
     if as_json:
         print(to_json(summary))
         return

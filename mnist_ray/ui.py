@@ -25,7 +25,12 @@ out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty()
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-RAY_COMMANDS = {"submit_train", "evaluate", "sweep"}  # those whose Ctrl-C cancels Ray tasks
+# What Ctrl-C leaves behind, for the commands that run Ray tasks; others say "interrupted".
+INTERRUPTED = {
+    "submit_train": "the Ray tasks were cancelled and nothing was written.",
+    "evaluate": "the Ray tasks were cancelled and nothing was written.",
+    "sweep": "every trial was stopped; finished trials keep their runs.",
+}
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -45,10 +50,8 @@ def friendly(fn):
         except (DataError, StoreError, ClusterError) as exc:
             fail(str(exc))
         except KeyboardInterrupt:  # not an error: the user asked to stop
-            said = "interrupted"
-            if fn.__name__ in RAY_COMMANDS:
-                said += ": the Ray tasks were cancelled and nothing was written."
-            err.print(said)
+            left = INTERRUPTED.get(fn.__name__)
+            err.print(f"interrupted: {left}" if left else "interrupted")
             raise typer.Exit(130) from None
 
     return wrapper
