@@ -69,6 +69,23 @@ def _wait(predicate, what: str, timeout: float = 60.0, every: float = 0.1):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+@contextlib.contextmanager
+def running(proc: subprocess.Popen):
+    """The subprocess, killed on the way out if it still runs: a failed wait in a test
+    never leaves a driver behind."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def ctrl_c(proc: subprocess.Popen, timeout: float = 60) -> str:
+    """Ctrl-C for a `mnist-ray` subprocess: SIGINT, then its stderr once it has exited."""
+    proc.send_signal(signal.SIGINT)
+    return proc.communicate(timeout=timeout)[1]
+
+
 class Local:
     """The module's cluster: its address, its token folder for $MNIST_RAY_FAULTS."""
 
@@ -298,9 +315,8 @@ def _assert_gave_up(proc, stderr: str, stage: str) -> None:
 
 def test_training_retries_exhausted_is_one_clear_line(local, tmp_path):
     store = tmp_path / "store"
-    proc = local.cli("submit", "train", "--epochs", "500", "--store", str(store))
     killed: set[int] = set()
-    try:
+    with running(local.cli("submit", "train", "--epochs", "500", "--store", str(store))) as proc:
         deadline = time.monotonic() + 240
         while proc.poll() is None and time.monotonic() < deadline:
             for t in local.tasks(state="RUNNING"):
@@ -309,9 +325,6 @@ def test_training_retries_exhausted_is_one_clear_line(local, tmp_path):
                     killed.add(t.worker_pid)
             time.sleep(0.2)
         _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert len(killed) == 1 + cluster.RETRIES
     _assert_gave_up(proc, stderr, "training")
     assert _parquet_files(store, "runs") == []
@@ -381,10 +394,8 @@ def test_node_lost_during_evaluation(local, test_split, tmp_path):
 
 def test_ctrl_c_cancels_the_training_task(local, tmp_path):
     store = tmp_path / "store"
-    proc = local.cli(
-        "submit", "train", "--epochs", "500", "--checkpoint-every", "0", "--store", str(store)
-    )
-    try:
+    command = ("submit", "train", "--epochs", "500", "--checkpoint-every", "0")
+    with running(local.cli(*command, "--store", str(store))) as proc:
         first = _wait(
             lambda: next((store / "checkpoints").glob("run-*/epoch-00000001*"), None), "epoch 1"
         )
@@ -392,11 +403,7 @@ def test_ctrl_c_cancels_the_training_task(local, tmp_path):
         task = _wait(
             lambda: local.tasks(name=f"train {run_id}", state="RUNNING"), "the running task"
         )[0]
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        stderr = ctrl_c(proc)
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and "cancelled" in stderr
     assert "Traceback" not in stderr
@@ -470,7 +477,6 @@ def test_killed_training_worker_leaves_stdout_one_json_document(local, train_spl
     store = tmp_path / "store"
     # 40 epochs (seconds of training): the kill must land while the task runs, even when
     # the state API reports it late.
-    proc = local.cli("submit", "train", "--epochs", "40", "--store", str(store), "--json")
     reference = {}
     ref_thread = threading.Thread(  # the same training, uninterrupted, on the other CPU
         target=lambda: reference.update(
@@ -479,7 +485,8 @@ def test_killed_training_worker_leaves_stdout_one_json_document(local, train_spl
             )
         )
     )
-    try:
+    command = ("submit", "train", "--epochs", "40", "--store", str(store), "--json")
+    with running(local.cli(*command)) as proc:
         task = _wait(
             lambda: [t for t in local.tasks(state="RUNNING") if t.name.startswith("train run-")],
             "the training task",
@@ -489,9 +496,6 @@ def test_killed_training_worker_leaves_stdout_one_json_document(local, train_spl
         time.sleep(1.0)  # into its epochs
         os.kill(task.worker_pid, signal.SIGKILL)
         stdout, stderr = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     ref_thread.join(timeout=300)
     assert proc.returncode == 0, stderr
     row = json.loads(stdout)  # the whole of stdout

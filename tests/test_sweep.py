@@ -25,7 +25,14 @@ import torch  # noqa: E402
 from conftest import TUTORIAL_COSTS, make_dataset  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 from ray.util.state import list_actors, list_placement_groups  # noqa: E402
-from test_faults import LOOPBACK_ONLY, MNIST_RAY, _wait, loopback_cluster  # noqa: E402
+from test_faults import (  # noqa: E402
+    LOOPBACK_ONLY,
+    MNIST_RAY,
+    _wait,
+    ctrl_c,
+    loopback_cluster,
+    running,
+)
 from typer.testing import CliRunner  # noqa: E402
 
 from mnist_ray import cli, data, sweep  # noqa: E402
@@ -245,17 +252,10 @@ def test_killed_trial_worker_is_retried_to_identical_costs(local, train_split, t
 
 def test_ctrl_c_stops_every_trial_and_writes_nothing_partial(local, tmp_path):
     store = tmp_path / "store"
-    proc = local.cli(
-        "--seed", "1,2", "--epochs", "500", "--gpus-per-trial", "0", "--checkpoint-every", "0",
-        "--store", str(store),
-    )  # fmt: skip
-    try:
+    command = ("--seed", "1,2", "--epochs", "500", "--gpus-per-trial", "0", "--checkpoint-every")
+    with running(local.cli(*command, "0", "--store", str(store))) as proc:
         _wait(lambda: len(list(store.glob("checkpoints/run-*/epoch-*"))) >= 2, "two trials")
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        stderr = ctrl_c(proc)
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
     _wait(lambda: not local.trial_actors(), "no trial actor left", 30)
@@ -310,16 +310,14 @@ def test_fractional_cpu_and_gpu_requests_reach_ray(local, tmp_path):
         try:
             actors = _wait(two_trials, "two trial actors", timeout=120)
         except AssertionError:
-            proc.send_signal(signal.SIGINT)
-            _, said = proc.communicate(timeout=60)
+            said = ctrl_c(proc)
             raise AssertionError(f"{proc.poll()=}, trial actors: {seen}\n{said[-3000:]}") from None
         groups = {
             g.placement_group_id: g
             for g in list_placement_groups(address=local.address, detail=True, limit=10_000)
         }
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=60)
+        ctrl_c(proc)  # the 5000-epoch trials are not what this test waits for
     for actor in actors:  # both trials share the one GPU, half each, on the GPU node
         (bundle,) = groups[actor.placement_group_id].bundles
         assert bundle["unit_resources"] == {"CPU": 0.5, "GPU": 0.5}
