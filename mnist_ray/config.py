@@ -21,6 +21,8 @@ WEIGHT_SHAPES = {"weight": (NUM_CLASSES, IN_FEATURES), "bias": (NUM_CLASSES,)}
 # Seconds between the checkpoints a retried training task (or sweep trial) resumes from;
 # 0: after every epoch. Never after the last epoch, whose weights are stored anyway.
 CHECKPOINT_EVERY = 60.0
+# Ray re-runs a task (Tune restarts a trial) whose worker or node died, this many times.
+RETRIES = 3
 
 # Run and evaluation ids become file names in the store: letters, digits, '-', '_' only,
 # so a name from the user can never climb out of the store ('../../etc' is refused).

@@ -9,9 +9,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 from datetime import datetime
 
 from rich.table import Table
+
+
+def say(line: str) -> None:
+    """Progress and diagnostics: one line to stderr, at once (stdout is the result)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def _plain(value):
