@@ -7,7 +7,8 @@
     @friendly("evaluate")                    # the command as a user types it
     def evaluate(...): ...
 
-Used by cli.py and jobs.py alike, so neither imports the other for it.
+Used by cli.py and jobs.py alike, so neither imports the other for it; the options several
+commands take (`StoreOpt`, `AddressOpt`, ...) are defined here once for the same reason.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console, ConsoleDimensions
 
@@ -60,19 +60,24 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def spelled(param: str) -> str:
-    """A parameter's name as the running command spells it: `batch_size` is `--batch-size`,
-    `eval_id` is `EVAL_ID` for `show` and `--eval` for `report`. A name already spelled as an
-    option (`--samples`) is kept."""
+def spelled(param: str, command) -> str:
+    """A parameter's name as `command` (a CLI function) spells it: `batch_size` is
+    `--batch-size`, `eval_id` is `EVAL_ID` for `show` and `--eval` for `report`. A name
+    already spelled as an option (`--samples`) or an argument (`EVAL_ID`) is kept."""
     if param.startswith("-") or param.isupper():
         return param
-    ctx = click.get_current_context(silent=True)
-    for p in ctx.command.params if ctx else []:
-        if p.name == param:
-            if isinstance(p, click.Argument):
-                return p.human_readable_name
-            return next((o for o in p.opts if o.startswith("--")), p.opts[0])
-    return "--" + param.replace("_", "-")
+    from typer.models import ArgumentInfo, OptionInfo
+    from typer.utils import get_params_from_function
+
+    meta = get_params_from_function(command).get(param)
+    info = meta.default if meta else None
+    if isinstance(info, ArgumentInfo):
+        return param.upper()  # as the messages name arguments: EVAL_ID, RUNS
+    if isinstance(info, OptionInfo):
+        named = [d for d in info.param_decls or () if d.startswith("--")]
+        if named:
+            return named[0]
+    return "--" + param.replace("_", "-")  # typer's own spelling of an unnamed option
 
 
 def friendly(command: str | None = None):
@@ -85,9 +90,8 @@ def friendly(command: str | None = None):
             try:
                 return fn(*args, **kwargs)
             except ConfigError as exc:
-                raise typer.BadParameter(
-                    exc.message, param_hint=f"'{spelled(exc.param)}'"
-                ) from None
+                hint = f"'{spelled(exc.param, fn)}'"
+                raise typer.BadParameter(exc.message, param_hint=hint) from None
             except (DataError, StoreError, ClusterError) as exc:
                 fail(str(exc))
             except KeyboardInterrupt:  # not an error: the user asked to stop
