@@ -24,7 +24,7 @@ from mnist_ray.store import RUNS, Store
 PARAMS = [f.name for f in dataclasses.fields(TrainConfig)] + [
     n for n in ("sweep_id",) if n in RUNS.names
 ]
-METRICS = ["last_cost", "best_cost", "accuracy", "device", "seconds"]
+METRICS = ["last_cost", "best_cost", "accuracy", "device", "train_seconds"]
 EVAL_COLUMNS = ["eval_id", "run_id", "created_at", "dataset", "shards", "accuracy", "correct"]
 EVAL_COLUMNS += ["total", "eval_seconds"]
 RUN_READ = ["run_id", "created_at", *PARAMS, "device", "epoch_costs", "train_seconds"]
@@ -33,7 +33,7 @@ RUN_READ = ["run_id", "created_at", *PARAMS, "device", "epoch_costs", "train_sec
 RUNS_VIEW = f"""
 SELECT r.run_id, r.created_at, {", ".join(f"r.{p}" for p in PARAMS)},
        r.epoch_costs[-1] AS last_cost, list_min(r.epoch_costs) AS best_cost,
-       e.accuracy, e.eval_id, r.device, r.train_seconds AS seconds
+       e.accuracy, e.eval_id, r.device, r.train_seconds
 FROM runs r LEFT JOIN (
     SELECT run_id, arg_max(accuracy, created_at) AS accuracy, arg_max(eval_id, created_at) AS eval_id
     FROM evaluations GROUP BY run_id
