@@ -163,3 +163,14 @@ def test_show_writes_the_png_or_names_the_path_it_could_not(tmp_path):
     failed = runner.invoke(app, ["show", "--store", store.location, "--png", str(bad)])
     assert failed.exit_code == 1 and f"--png {bad}" in failed.stderr
     assert not bad.parent.exists()
+
+
+def test_results_json_keeps_the_stores_field_names(tmp_path):
+    import pyarrow.parquet as pq
+
+    store = Store(str(tmp_path))
+    (row,) = runs_with_evaluations(store, 1)
+    stored = pq.read_table(tmp_path / "runs" / f"{row['run_id']}.parquet").column_names
+    (listed,) = json.loads(invoke("results", "--store", str(tmp_path), "--json").stdout)["runs"]
+    assert "train_seconds" in listed and listed["train_seconds"] == row["train_seconds"]
+    assert set(listed) - set(stored) == {"last_cost", "best_cost", "accuracy", "eval_id"}
