@@ -1,4 +1,5 @@
-"""The command line: parse, call, print. Results go to stdout, progress to stderr.
+"""The command line: parse, call, print (render.py builds what a person sees). Results go
+to stdout, progress to stderr.
 
 mnist-ray submit train                 # train on an embedded local Ray
 mnist-ray evaluate --shards 4          # evaluate the latest run on 4 CPU tasks

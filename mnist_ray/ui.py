@@ -148,7 +148,8 @@ DataDirOpt = Annotated[
     Path | None,
     typer.Option(
         "--data-dir",
-        help="Folder holding MNIST/raw/ (default: $MNIST_RAY_DATA, else ~/.cache/mnist-ray).",
+        help="Folder holding MNIST/raw/ (default: $MNIST_RAY_DATA, else "
+        "${XDG_CACHE_HOME:-~/.cache}/mnist-ray).",
         file_okay=False,
     ),
 ]
