@@ -201,7 +201,9 @@ def evaluate(
     EvalConfig(shards).validate()
     target = _store_or_submit(ctx, address, store, wait)
     target.check_exists()  # a mistyped path is said so, not taken for an empty store
-    found = target.find_run(run)
+    from mnist_ray.query import find_run
+
+    found = find_run(target, run)
     weights = target.read_weights(found)
     from mnist_ray import data
     from mnist_ray.cluster import evaluate_and_store
@@ -374,8 +376,7 @@ def results(
     try:
         view = listing(target, where, sort, limit, all_columns)
     except QueryError as exc:
-        option = "--sort" if str(exc).startswith("--sort") else "--where"
-        raise typer.BadParameter(str(exc).split(": ", 1)[1], param_hint=f"'{option}'") from None
+        raise typer.BadParameter(exc.message, param_hint=f"'{exc.about}'") from None
     _skipped(view.bad)
     for table in ("runs", "evaluations"):
         if (n := len(target.list(table, ".parquet"))) > COMPACT_HINT:
@@ -420,7 +421,9 @@ def show(
 
     target = Store(store)
     target.check_exists()
-    e = target.find("evaluations", eval_id, "EVAL_ID")  # one match, as `evaluate --run`
+    from mnist_ray.query import find
+
+    e = find(target, "evaluations", eval_id, "EVAL_ID")  # one match, as `evaluate --run`
     if as_json:
         print(to_json(e))
         return
@@ -509,7 +512,7 @@ def query(
     try:
         result, bad = run_sql(Store(store), sql)
     except QueryError as exc:
-        raise typer.BadParameter(str(exc), param_hint="'SQL'") from None
+        raise typer.BadParameter(exc.message, param_hint=f"'{exc.about}'") from None
     _skipped(bad)
     _print_rows(f"query on {store}", result.column_names, result.to_pylist(), as_json, as_csv)
 

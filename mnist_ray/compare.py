@@ -17,7 +17,7 @@ import duckdb
 import pyarrow as pa
 
 from mnist_ray.config import TrainConfig, first_line
-from mnist_ray.query import Bad, QueryError, open_store
+from mnist_ray.query import Bad, QueryError, find_run, open_store, read_rows
 from mnist_ray.store import RUNS, Store
 
 # The parameters a run was trained with; sweep_id joins them once the store has it.
@@ -52,12 +52,12 @@ class Listing:
 
 
 def sort_key(sort: str | None, columns: list[str]) -> str:
-    """`lr` ascending, `-lr` descending; a column that isn't there is a BadParameter."""
+    """`lr` ascending, `-lr` descending; a column that isn't there is a QueryError."""
     if sort is None:
         return "created_at"
     name = sort.removeprefix("-")
     if name not in columns:
-        raise QueryError(f"--sort {sort}: no such column; choose one of {', '.join(columns)}")
+        raise QueryError("--sort", f"{sort}: no such column; choose one of {', '.join(columns)}")
     return f"{name} {'DESC' if sort.startswith('-') else 'ASC'} NULLS LAST, created_at"
 
 
@@ -87,7 +87,7 @@ def listing(
         runs = con.sql(sql).to_arrow_table().to_pylist()
         [(total,)] = con.sql(f"SELECT count(*) FROM listing WHERE ({where or 'true'})").fetchall()
     except duckdb.Error as exc:
-        raise QueryError(f"--where {where}: {first_line(exc)}") from None
+        raise QueryError("--where", f"{where}: {first_line(exc)}") from None
     evals = _evaluations(con, runs if (where or limit is not None) else None)
     same = {} if len(runs) < 2 else differing(runs, PARAMS)[1]
     shown = [c for c in PARAMS if c not in same or all_columns]
@@ -127,7 +127,7 @@ def caption(same: dict) -> str:
 def safe_where(where: str | None) -> str | None:
     """One predicate, not a second statement."""
     if where is not None and re.search(r";", where):
-        raise QueryError(f"--where {where}: one SQL condition, without ';'")
+        raise QueryError("--where", f"{where}: one SQL condition, without ';'")
     return where
 
 
@@ -146,9 +146,9 @@ def sparkline(values: list[float], low: float, high: float) -> str:
 
 def compare_runs(store: Store, run_ids: list[str]) -> dict:
     """Everything `compare` prints, as data: the first run is the one the others are
-    measured against."""
-    every, _ = store.read("runs")  # once, not once per id
-    runs = [store.find_run(r, runs=every) for r in run_ids]
+    measured against. The ids are the command's RUN arguments, and errors say so."""
+    every, _ = read_rows(store, "runs")  # once, not once per id
+    runs = [find_run(store, r, runs=every, about="RUN") for r in run_ids]
     con, _ = open_store(store, ["evaluations"], columns={"evaluations": EVAL_READ})
     latest = {
         e["run_id"]: e
