@@ -1,9 +1,11 @@
 """Reading the store: its rows, a run by id or prefix, and SQL, through DuckDB.
 
     from mnist_ray.query import find_run, read_rows, run_sql
+    store = Store("mnist-ray-store")
     rows, bad = read_rows(store, "evaluations")  # every good row, oldest first; files that failed
     run = find_run(store, "run-20261126")          # by id or unique prefix; None: the latest
     table, bad = run_sql(store, "select run_id, lr from runs where lr < 0.1")
+    con, bad = open_store(store, ["runs"])         # the tables in DuckDB, for a module's own SQL
 
 A local store is read by DuckDB itself, one scan over the listed files: no union of
 schemas while every file has every column (the fast path), `union_by_name` when older
@@ -374,7 +376,8 @@ def run_sql(store: Store, sql: str) -> tuple[pa.Table, Bad]:
     query that reads is run: a statement that would write, attach or change anything, or a
     read of a file, is a StoreError naming it; SQL that DuckDB can't run is a QueryError."""
     try:
-        kinds = [s.type for s in duckdb.connect().extract_statements(sql)]
+        with duckdb.connect() as parser:
+            kinds = [s.type for s in parser.extract_statements(sql)]
     except duckdb.Error as exc:
         raise QueryError("SQL", first_line(exc)) from None
     if refused := [k.name for k in kinds if k not in READ_ONLY]:
