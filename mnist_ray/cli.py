@@ -142,7 +142,9 @@ def evaluate(
     EvalConfig(shards).validate()
     target = _store_or_submit(ctx, address, store, wait)
     target.check_exists()  # a mistyped path is said so, not taken for an empty store
-    found = target.find_run(run)
+    from mnist_ray.query import find_run
+
+    found = find_run(target, run)
     weights = target.read_weights(found)
     from mnist_ray import data
     from mnist_ray.cluster import evaluate_and_store
@@ -297,7 +299,9 @@ def show(
     """
     target = Store(store)
     target.check_exists()
-    e = target.find("evaluations", eval_id, "EVAL_ID")  # one match, as `evaluate --run`
+    from mnist_ray.query import find
+
+    e = find(target, "evaluations", eval_id, "EVAL_ID")  # one match, as `evaluate --run`
     if as_json:
         print(output.as_json(e))
         return
@@ -340,8 +344,8 @@ def query(
     _one_format(as_json, as_csv)
     try:
         result, bad = run_sql(Store(store), sql)
-    except QueryError as exc:  # the only thing run_sql's QueryError can be about is SQL
-        raise typer.BadParameter(str(exc), param_hint="'SQL'") from None
+    except QueryError as exc:
+        raise typer.BadParameter(exc.message, param_hint=f"'{exc.about}'") from None
     _skipped(bad)
     rows = result.to_pylist()
     if as_json:

@@ -17,7 +17,7 @@ import duckdb
 import pyarrow as pa
 
 from mnist_ray.config import ConfigError, TrainConfig, first_line
-from mnist_ray.query import Bad, open_store
+from mnist_ray.query import Bad, find_run, open_store, read_rows
 from mnist_ray.store import RUNS, Store
 
 # The parameters a run was trained with; sweep_id joins them once the store has it.
@@ -139,9 +139,9 @@ def sparkline(values: list[float], low: float, high: float) -> str:
 
 def compare_runs(store: Store, run_ids: list[str]) -> dict:
     """Everything `compare` prints, as data: the first run is the one the others are
-    measured against."""
-    every, _ = store.read("runs")  # once, not once per id
-    runs = [store.find_run(r, runs=every) for r in run_ids]
+    measured against. The ids are the command's RUN arguments, and errors say so."""
+    every, _ = read_rows(store, "runs")  # once, not once per id
+    runs = [find_run(store, r, runs=every, about="RUN") for r in run_ids]
     con, _ = open_store(store, ["evaluations"], columns={"evaluations": EVAL_READ})
     latest = {
         e["run_id"]: e

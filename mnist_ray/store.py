@@ -1,8 +1,10 @@
-"""The result store: Parquet rows and safetensors weights in a folder or object-store URI.
+"""The result store: paths, bytes, Parquet rows and safetensors weights, in a folder or an
+object-store URI. Reading rows back is a query (mnist_ray/query.py).
 
     from mnist_ray.store import Store
     store = Store("mnist-ray-store")             # or "s3://bucket/prefix", "file:///data/x"
-    rows, bad = store.read("evaluations")         # every good row, and the files that failed
+    store.write_row("runs", row)                  # one row, one new file
+    uri, sha256 = store.write_weights(run_id, weights)
 
 Layout, readable by any Parquet reader (pyarrow.dataset, pandas, DuckDB, Spark):
 
@@ -10,7 +12,7 @@ Layout, readable by any Parquet reader (pyarrow.dataset, pandas, DuckDB, Spark):
     <store>/evaluations/<eval_id>.parquet         one row per evaluation
     <store>/weights/<run_id>.safetensors          the trained weights, no pickle
     <store>/sweeps/<sweep_id>.parquet             one row per sweep: definition, status, best
-    <store>/checkpoints/<run_id>/epoch-NNNN.safetensors   per-epoch state while training
+    <store>/checkpoints/<run_id>/epoch-00000003.safetensors   state while training (8 digits)
 
 Every file is written under a temporary name starting with '.' and then moved to its
 final, unique name, so concurrent writers never collide and readers never see half a
@@ -228,49 +230,6 @@ class Store:
             and i.base_name.endswith(suffix)
         ]
         return [f"{folder}/{n}" for n in sorted(names)]
-
-    def read(self, table: str) -> tuple[list[dict], list[tuple[str, str]]]:
-        """Every good row of a table, oldest first, and (file, problem) for each bad file.
-        DuckDB reads them (mnist_ray/query.py): one row per id, older files' missing
-        columns as null."""
-        from mnist_ray.query import read_rows  # imports this module
-
-        return read_rows(self, table)
-
-    def find_run(self, run: str | None, runs: list[dict] | None = None) -> dict:
-        """The run with this id (or unique id prefix), or the latest run when run is None;
-        among `runs` (oldest first) when the caller has read them already."""
-        return self.find("runs", run, "--run", runs)
-
-    def find(
-        self, table: str, wanted: str | None, option: str, rows: list[dict] | None = None
-    ) -> dict:
-        """The row whose id is `wanted` or, failing that, the one row whose id starts with
-        it; the latest row when wanted is None. Several matches are refused, listed."""
-        if rows is None:
-            rows, _ = self.read(table)
-        what = table[:-1]  # "run", "evaluation"
-        if wanted is None:
-            if not rows:
-                first = "mnist-ray submit train" if table == "runs" else "mnist-ray evaluate"
-                raise StoreError(
-                    f"--store {self.location}: no {table} yet; make one with `{first}`"
-                )
-            return rows[-1]
-        check_id(wanted, option)
-        key = KEYS[table]
-        hits = [r for r in rows if r[key] == wanted] or [
-            r for r in rows if r[key].startswith(wanted)
-        ]
-        if len(hits) == 1:
-            return hits[0]
-        if not hits:
-            held = "see `mnist-ray results`" if rows else f"it holds no {table} yet"
-            raise StoreError(f"{option} {wanted}: no such {what} in {self.location}; {held}")
-        ids = ", ".join(r[key] for r in hits[:5]) + (", ..." if len(hits) > 5 else "")
-        raise StoreError(
-            f"{option} {wanted}: matches {len(hits)} {table} ({ids}); give more of the id"
-        )
 
     def check_exists(self) -> None:
         """For commands that only read: a store that isn't there is a mistyped path, not an

@@ -42,6 +42,7 @@ from mnist_ray.config import (
     check_id,
     first_line,
 )
+from mnist_ray.query import read_rows
 from mnist_ray.store import Store, StoreError, new_id, now
 
 PARAMS = ("lr", "batch_size", "seed")  # what a sweep varies; epochs and dataset are one value
@@ -391,7 +392,7 @@ def _evaluate(store: Store, sweep_id: str, spec: dict, data_dir, log) -> None:
     from mnist_ray import data
     from mnist_ray.cluster import evaluate_and_store
 
-    evaluated = {e["run_id"] for e in store.read("evaluations")[0]}
+    evaluated = {e["run_id"] for e in read_rows(store, "evaluations")[0]}
     runs = [r for r in sweep_runs(store, sweep_id) if r["run_id"] not in evaluated]
     if not runs:
         return
@@ -406,12 +407,12 @@ def _evaluate(store: Store, sweep_id: str, spec: dict, data_dir, log) -> None:
 
 
 def sweep_runs(store: Store, sweep_id: str) -> list[dict]:
-    return [r for r in store.read("runs")[0] if r.get("sweep_id") == sweep_id]
+    return [r for r in read_rows(store, "runs")[0] if r.get("sweep_id") == sweep_id]
 
 
 def load_sweep(store: Store, sweep_id: str) -> dict:
     check_id(sweep_id, "--resume")
-    rows = [r for r in store.read("sweeps")[0] if r["sweep_id"] == sweep_id]
+    rows = [r for r in read_rows(store, "sweeps")[0] if r["sweep_id"] == sweep_id]
     if not rows:
         raise StoreError(f"--resume {sweep_id}: no such sweep in {store.location}")
     return rows[0]
@@ -443,7 +444,7 @@ def leaderboard(store: Store, sweep: dict, runs: dict[str, dict]) -> dict:
     parameters that vary across them."""
     params = [json.loads(p) for p in sweep["trial_params"]]
     varying = [n for n in PARAMS if len({p[n] for p in params}) > 1]
-    accuracy = {e["run_id"]: e["accuracy"] for e in store.read("evaluations")[0]}
+    accuracy = {e["run_id"]: e["accuracy"] for e in read_rows(store, "evaluations")[0]}
     failed = dict(f.split(": ", 1) for f in sweep["failed"])
     rows = []
     for run_id, p in zip(sweep["trial_ids"], params, strict=True):

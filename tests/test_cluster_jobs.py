@@ -15,6 +15,7 @@ from pathlib import Path
 from conftest import VENV_BIN, client_env, free_ports, mnist_ray, one_line_error
 
 from mnist_ray.jobs import entrypoint
+from mnist_ray.query import read_rows
 from mnist_ray.store import Store
 
 JOB_ID = re.compile(r"raysubmit_\w+")
@@ -76,7 +77,7 @@ def test_train_and_evaluate_through_the_jobs_api(ray_cli_cluster, tmp_path):
     assert "Epoch: 0001 cost" in train.stdout + train.stderr
     train_job = JOB_ID.search(train.stderr).group(0)
 
-    (run,) = Store(str(store)).read("runs")[0]
+    (run,) = read_rows(Store(str(store)), "runs")[0]
     assert run["epochs"] == 1
     assert run["node_id"] == gpu_node_id  # placed on the node that declares the GPU
     assert run["gpu_ids"] == [0]
@@ -86,7 +87,7 @@ def test_train_and_evaluate_through_the_jobs_api(ray_cli_cluster, tmp_path):
     evaluate = mnist_ray(["evaluate", "--shards", "4", *base], env_mode)
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     assert "accuracy" in evaluate.stdout
-    (row,) = Store(str(store)).read("evaluations")[0]
+    (row,) = read_rows(Store(str(store)), "evaluations")[0]
     assert row["run_id"] == run["run_id"] and row["total"] == 10_000
     assert 0.85 < row["accuracy"] < 0.95
 
@@ -154,7 +155,7 @@ def test_a_gcs_address_wants_the_token_and_takes_it_alone(ray_cli_cluster, tmp_p
     ok = mnist_ray(args, client_env(tmp_path, RAY_AUTH_TOKEN=cluster.token))
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert f"Connected to Ray at {cluster.gcs}: 2 CPUs, 1 GPUs" in ok.stderr
-    (run,) = Store(str(store)).read("runs")[0]
+    (run,) = read_rows(Store(str(store)), "runs")[0]
     assert run["node_id"] == gpu_node_id and run["epochs"] == 1
 
 
@@ -174,7 +175,7 @@ def test_json_through_the_jobs_api_is_the_whole_of_stdout(ray_cli_cluster, tmp_p
     train = mnist_ray(["submit", "train", "--epochs", "1", *base], env)
     row = _json_stdout(train)
     assert "Epoch: 0001 cost" in train.stderr  # the job's log streams to stderr
-    (stored,) = Store(str(store)).read("runs")[0]
+    (stored,) = read_rows(Store(str(store)), "runs")[0]
     assert row["run_id"] == stored["run_id"] and row["epoch_costs"] == stored["epoch_costs"]
     evaluate = mnist_ray(["evaluate", "--shards", "2", *base], env)
     row = _json_stdout(evaluate)
@@ -222,7 +223,7 @@ def test_relative_store_means_the_same_on_every_node_and_json_via_gcs_and_ray_cl
     store = driver_dir / "rel-store"
     assert row["weights_uri"] == str(store / "weights" / f"{row['run_id']}.safetensors")
     assert row["node_id"] == gpu_node_id  # trained on the other node, in another folder
-    (stored,) = Store(str(store)).read("runs")[0]
+    (stored,) = read_rows(Store(str(store)), "runs")[0]
     assert stored["run_id"] == row["run_id"]
     # the task wrote its checkpoints to the driver's store (then cleared), nowhere else
     assert not list(cluster.temp_dir.rglob("rel-store"))
@@ -234,7 +235,7 @@ def test_relative_store_means_the_same_on_every_node_and_json_via_gcs_and_ray_cl
         for address in (cluster.client, cluster.gcs)
     ]
     assert all(e["run_id"] == row["run_id"] and e["total"] == 10_000 for e in evals)
-    stored = [e["eval_id"] for e in Store(str(store)).read("evaluations")[0]]
+    stored = [e["eval_id"] for e in read_rows(Store(str(store)), "evaluations")[0]]
     assert stored == [e["eval_id"] for e in evals]
     via_client = run(["submit", "train", "--epochs", "2", "--address", cluster.client])
     again = _json_stdout(via_client)

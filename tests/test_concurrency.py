@@ -13,6 +13,7 @@ import subprocess
 
 from conftest import VENV_BIN, client_env, stored_run
 
+from mnist_ray.query import read_rows
 from mnist_ray.store import Store
 
 
@@ -42,8 +43,8 @@ def test_eight_evaluations_and_four_trainings_at_once_all_succeed(mnist_data, tm
                 p.kill()
     failed = [err[-800:] for p, (_, err) in zip(procs, outs, strict=True) if p.returncode != 0]
     assert not failed, failed
-    evals, bad_evals = store.read("evaluations")
-    runs, bad_runs = store.read("runs")
+    evals, bad_evals = read_rows(store, "evaluations")
+    runs, bad_runs = read_rows(store, "runs")
     assert not bad_evals and not bad_runs
     assert len(evals) == 8 and {e["run_id"] for e in evals} == {run["run_id"]}
     assert len(runs) == 1 + 4 and all(r["epoch_costs"] for r in runs)

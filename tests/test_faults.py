@@ -33,6 +33,7 @@ from typer.testing import CliRunner  # noqa: E402
 from mnist_ray import cli, cluster, data  # noqa: E402
 from mnist_ray.cluster import FAULTS  # noqa: E402
 from mnist_ray.config import TrainConfig  # noqa: E402
+from mnist_ray.query import read_rows  # noqa: E402
 from mnist_ray.store import Store  # noqa: E402
 
 DATA = data.data_root()
@@ -293,7 +294,7 @@ def test_killed_shard_is_retried_with_identical_counts(local, test_split, tmp_pa
     )
     assert result.exit_code == 0, result.output
     assert not token.exists()  # the fault really fired
-    rows, bad = store.read("evaluations")
+    rows, bad = read_rows(store, "evaluations")
     assert len(rows) == 1 and not bad
     assert rows[0]["accuracy"] == reference["accuracy"]
     assert rows[0]["confusion"] == reference["confusion"]
@@ -458,7 +459,7 @@ def test_eight_concurrent_evaluations_write_eight_rows(local, tmp_path):
     ]
     outs = [p.communicate(timeout=240) for p in procs]
     assert [p.returncode for p in procs] == [0] * 8, [e for _, e in outs]
-    rows, bad = store.read("evaluations")
+    rows, bad = read_rows(store, "evaluations")
     assert not bad
     assert len(rows) == 8 and len({r["eval_id"] for r in rows}) == 8
     assert len(_parquet_files(tmp_path / "store", "evaluations")) == 8
