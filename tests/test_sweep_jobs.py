@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import json
 
-import pytest
+from conftest import client_env, mnist_ray
 
-pytest.importorskip("ray.tune", reason="ray[tune] is not installed")
-from conftest import client_env, mnist_ray  # noqa: E402
-
-from mnist_ray.query import read_rows  # noqa: E402
-from mnist_ray.store import Store  # noqa: E402
+from mnist_ray.query import read_rows
+from mnist_ray.store import Store
 
 
 def test_sweep_through_the_jobs_api_lands_quarter_gpu_trials(ray_cli_cluster, tmp_path):
