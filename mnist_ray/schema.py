@@ -108,12 +108,10 @@ def make_row(table: str, values: dict) -> dict:
     names = SCHEMAS[table].names
     unknown = [k for k in values if k not in names]
     if unknown:
-        raise RowError(
-            f"{table} row: unknown column {_listed(unknown)} (not in the {table} schema)"
-        )
+        raise RowError(f"{table} row: unknown {_columns(unknown)} (not in the {table} schema)")
     missing = [n for n in names if n not in values and n not in OPTIONAL]
     if missing:
-        raise RowError(f"{table} row: missing column {_listed(missing)}")
+        raise RowError(f"{table} row: missing {_columns(missing)}")
     return {n: values.get(n) for n in names}
 
 
@@ -132,5 +130,5 @@ def sweep_row(**values) -> dict:
     return make_row("sweeps", values)
 
 
-def _listed(names: list[str]) -> str:
-    return ", ".join(repr(n) for n in names)
+def _columns(names: list[str]) -> str:
+    return f"column{'s' if len(names) > 1 else ''} " + ", ".join(repr(n) for n in names)
