@@ -25,16 +25,19 @@ def where() -> dict:
     }
 
 
-def current_attempt() -> int:
+def current_attempt() -> int | None:
     """Which attempt of the current task this is: 1, or 1 + the retries Ray made after its
-    worker or node died. Call it from the task's own thread (Ray keeps the current task per
-    thread: another thread sees 0 retries). Outside a Ray task, 1.
+    worker or node died; 1 outside a Ray task. None inside an actor, such as a Tune trial:
+    Ray retries tasks, and a trial that Tune restarts is a new actor, uncounted by Ray.
+    Call it from the task's own thread (Ray keeps the current task per thread).
 
     Ray 2.60 has no public call for it: the runtime context names the task but not the
     attempt, and the state API, which does, needs the dashboard and lags behind. The core
     worker knows it (it tags the task's log lines and events with it)."""
     if not ray.is_initialized():
         return 1
+    if ray.get_runtime_context().get_actor_id() is not None:
+        return None
     core_worker = ray._private.worker.global_worker.core_worker
     return 1 + int(core_worker.get_current_task_attempt_number())
 
