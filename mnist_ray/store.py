@@ -35,88 +35,11 @@ import pyarrow.parquet as pq
 
 from mnist_ray.config import WEIGHT_SHAPES, check_id, first_line
 
+# The schemas live in schema.py. The ones this module does not use are imported too, so
+# that `from mnist_ray.store import RUNS` keeps working where it is still written.
+from mnist_ray.schema import EVALUATIONS, KEYS, OPTIONAL, RUNS, SCHEMAS, SWEEPS  # noqa: F401
+
 DEFAULT_STORE = "mnist-ray-store"  # a folder in the current directory
-
-RUNS = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("created_at", pa.timestamp("us", tz="UTC")),
-        ("dataset", pa.string()),
-        ("epochs", pa.int32()),
-        ("batch_size", pa.int32()),
-        ("lr", pa.float64()),
-        ("seed", pa.int64()),
-        ("device", pa.string()),  # what torch trained on, e.g. "cuda:0 (NVIDIA H100 ...)"
-        ("node_id", pa.string()),  # the Ray node the training task ran on
-        ("hostname", pa.string()),
-        ("gpu_ids", pa.list_(pa.int32())),  # what Ray assigned to the task
-        ("cuda_graph", pa.bool_()),
-        ("epoch_costs", pa.list_(pa.float64())),
-        ("train_seconds", pa.float64()),
-        ("attempts", pa.int32()),  # 1, or more when Ray retried the task and it resumed
-        ("weights_uri", pa.string()),
-        ("weights_sha256", pa.string()),
-        ("torch_version", pa.string()),
-        ("ray_version", pa.string()),
-        ("peak_rss_mib", pa.float64()),  # the training task's process, at its peak
-        ("gpu_peak_mib", pa.float64()),  # torch's peak allocation on the GPU; null on a CPU
-        ("sweep_id", pa.string()),  # the sweep this run was a trial of; null for a single run
-    ]
-)
-
-EVALUATIONS = pa.schema(
-    [
-        ("eval_id", pa.string()),
-        ("run_id", pa.string()),
-        ("created_at", pa.timestamp("us", tz="UTC")),
-        ("dataset", pa.string()),
-        ("shards", pa.int32()),
-        ("accuracy", pa.float64()),
-        ("correct", pa.int64()),
-        ("total", pa.int64()),
-        ("per_class_accuracy", pa.list_(pa.float64())),
-        ("confusion", pa.list_(pa.int64())),  # 10x10, row-major, row = true label
-        ("sample_index", pa.int32()),
-        ("sample_label", pa.int32()),
-        ("sample_prediction", pa.int32()),
-        ("sample_probabilities", pa.list_(pa.float64())),
-        ("sample_pixels", pa.list_(pa.uint8())),  # 28x28, row-major, 0..255
-        ("eval_seconds", pa.float64()),
-        ("node_ids", pa.list_(pa.string())),  # the Ray nodes the shards ran on
-        ("shard_peak_rss_mib", pa.float64()),  # the largest shard task's process, at its peak
-        # The first 25 misclassified test images, in test-set order (the report's grid):
-        ("misclassified_index", pa.list_(pa.int32())),
-        ("misclassified_label", pa.list_(pa.int32())),
-        ("misclassified_prediction", pa.list_(pa.int32())),
-        # Each image its 784 bytes, 28x28 row-major: a byte string per image reads and
-        # writes many times faster than a list of 784 numbers.
-        ("misclassified_pixels", pa.list_(pa.binary())),
-    ]
-)
-
-SWEEPS = pa.schema(
-    [
-        ("sweep_id", pa.string()),
-        ("created_at", pa.timestamp("us", tz="UTC")),
-        ("updated_at", pa.timestamp("us", tz="UTC")),  # the row is rewritten as the sweep goes
-        ("status", pa.string()),  # running, finished, interrupted, failed
-        ("definition", pa.string()),  # JSON: what was asked (lists, ranges, resources, ...)
-        ("trial_ids", pa.list_(pa.string())),  # every trial's run_id, in order
-        ("trial_params", pa.list_(pa.string())),  # JSON: each trial's TrainConfig
-        ("finished", pa.list_(pa.string())),  # run_ids with a run row
-        ("stopped", pa.list_(pa.string())),  # run_ids ended early by the scheduler (ASHA)
-        ("failed", pa.list_(pa.string())),  # "run_id: cause", one per failed trial
-        ("best_run_id", pa.string()),  # lowest final cost among the finished trials
-        ("best_cost", pa.float64()),
-        ("wall_seconds", pa.float64()),  # this invocation's Tune experiment, start to end
-    ]
-)
-
-SCHEMAS = {"runs": RUNS, "evaluations": EVALUATIONS, "sweeps": SWEEPS}
-KEYS = {"runs": "run_id", "evaluations": "eval_id", "sweeps": "sweep_id"}
-# Columns added after the first release: read as null from files written before them.
-OPTIONAL = {"peak_rss_mib", "gpu_peak_mib", "shard_peak_rss_mib", "sweep_id"}
-OPTIONAL |= {f"misclassified_{c}" for c in ("index", "label", "prediction", "pixels")}
 
 
 class StoreError(RuntimeError):

@@ -450,25 +450,26 @@ def ray_cli_cluster(mnist_data, tmp_path_factory, request):
 def run_row(run_id: str, weights_uri: str, weights_sha256: str, **config) -> dict:
     """A run row as `submit train` writes one, for tests that need a run but no training."""
     from mnist_ray.config import TrainConfig
+    from mnist_ray.schema import run_row
     from mnist_ray.store import now
 
-    return {
-        "run_id": run_id,
-        "created_at": now(),
+    return run_row(
+        run_id=run_id,
+        created_at=now(),
         **TrainConfig(**{"epochs": 1, **config}).to_dict(),
-        "device": "cpu",
-        "node_id": "n",
-        "hostname": "h",
-        "gpu_ids": [],
-        "cuda_graph": False,
-        "epoch_costs": [1.0],
-        "train_seconds": 1.0,
-        "attempts": 1,
-        "weights_uri": weights_uri,
-        "weights_sha256": weights_sha256,
-        "torch_version": "x",
-        "ray_version": "x",
-    }
+        device="cpu",
+        node_id="n",
+        hostname="h",
+        gpu_ids=[],
+        cuda_graph=False,
+        epoch_costs=[1.0],
+        train_seconds=1.0,
+        attempts=1,
+        weights_uri=weights_uri,
+        weights_sha256=weights_sha256,
+        torch_version="x",
+        ray_version="x",
+    )
 
 
 def stored_run(store, *, seed: int = 0, scale: float = 1.0, shape=(10, 784), **config) -> dict:
@@ -489,24 +490,25 @@ def stored_run(store, *, seed: int = 0, scale: float = 1.0, shape=(10, 784), **c
 
 def eval_row(run_id: str = "run-x", accuracy: float = 0.9226) -> dict:
     """An evaluation row as `evaluate` writes one, for store tests."""
+    from mnist_ray.schema import evaluation_row
     from mnist_ray.store import new_id, now
 
-    return {
-        "eval_id": new_id("eval"),
-        "run_id": run_id,
-        "created_at": now(),
-        "dataset": "mnist",
-        "shards": 4,
-        "accuracy": accuracy,
-        "correct": 9226,
-        "total": 10000,
-        "per_class_accuracy": [0.9] * 10,
-        "confusion": list(range(100)),
-        "sample_index": 3757,
-        "sample_label": 8,
-        "sample_prediction": 3,
-        "sample_probabilities": [0.1] * 10,
-        "sample_pixels": [0] * 784,
-        "eval_seconds": 1.5,
-        "node_ids": ["n1"],
-    }
+    return evaluation_row(
+        eval_id=new_id("eval"),
+        run_id=run_id,
+        created_at=now(),
+        dataset="mnist",
+        shards=4,
+        accuracy=accuracy,
+        correct=9226,
+        total=10000,
+        per_class_accuracy=[0.9] * 10,
+        confusion=list(range(100)),
+        sample_index=3757,
+        sample_label=8,
+        sample_prediction=3,
+        sample_probabilities=[0.1] * 10,
+        sample_pixels=[0] * 784,
+        eval_seconds=1.5,
+        node_ids=["n1"],
+    )
