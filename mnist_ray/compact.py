@@ -34,7 +34,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mnist_ray.query import Bad, Vanished, connect, load
-from mnist_ray.store import KEYS, SCHEMAS, Store, StoreError, now
+from mnist_ray.schema import KEYS, SCHEMAS
+from mnist_ray.store import Store, StoreError, now
 
 ROW_GROUP = 2048  # rows per Parquet row group in a merged file
 ATTEMPTS = 5  # restarts when another compaction took a file this one had listed

@@ -18,7 +18,8 @@ import pyarrow as pa
 
 from mnist_ray.config import ConfigError, TrainConfig, first_line
 from mnist_ray.query import Bad, find_run, open_store, read_rows
-from mnist_ray.store import RUNS, Store
+from mnist_ray.schema import RUNS
+from mnist_ray.store import Store
 
 # The parameters a run was trained with; sweep_id joins them once the store has it.
 PARAMS = [f.name for f in dataclasses.fields(TrainConfig)] + [

@@ -34,7 +34,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mnist_ray.config import check_id, first_line
-from mnist_ray.store import KEYS, OPTIONAL, SCHEMAS, Store, StoreError
+from mnist_ray.schema import KEYS, OPTIONAL, SCHEMAS
+from mnist_ray.store import Store, StoreError
 
 TABLES = tuple(SCHEMAS)
 ATTEMPTS = 20  # re-reads after a file vanished under a compaction, or a bad file was found

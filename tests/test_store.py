@@ -13,7 +13,8 @@ import pytest
 from conftest import eval_row
 
 from mnist_ray.query import find_run, matching, read_rows
-from mnist_ray.store import EVALUATIONS, Store, StoreError, now
+from mnist_ray.schema import EVALUATIONS
+from mnist_ray.store import Store, StoreError, now
 
 
 def test_row_round_trip_keeps_types(tmp_path):
@@ -129,7 +130,7 @@ def test_find_run_by_prefix_latest_and_unknown(tmp_path):
     store = Store(tmp_path)
     with pytest.raises(StoreError, match="no runs yet"):
         find_run(store, None)
-    from mnist_ray.store import RUNS
+    from mnist_ray.schema import RUNS
 
     base = {name: None for name in RUNS.names}
     for rid in ("run-a1", "run-b2"):
