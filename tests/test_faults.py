@@ -24,25 +24,21 @@ import threading
 import time
 from pathlib import Path
 
+import faults
 import pytest
+import ray
+from conftest import stored_run
+from ray.cluster_utils import Cluster
+from ray.util.state import list_tasks
+from typer.testing import CliRunner
 
-ray = pytest.importorskip("ray")
-import faults  # noqa: E402
-from conftest import stored_run  # noqa: E402
-from ray.cluster_utils import Cluster  # noqa: E402
-from ray.util.state import list_tasks  # noqa: E402
-from typer.testing import CliRunner  # noqa: E402
-
-from mnist_ray import cli, cluster, data  # noqa: E402
-from mnist_ray.config import RETRIES, TrainConfig  # noqa: E402
-from mnist_ray.query import read_rows  # noqa: E402
-from mnist_ray.store import Store  # noqa: E402
+from mnist_ray import cli, cluster, data
+from mnist_ray.config import RETRIES, TrainConfig
+from mnist_ray.query import read_rows
+from mnist_ray.store import Store
 
 DATA = data.data_root()
-pytestmark = pytest.mark.skipif(
-    not (DATA / "MNIST" / "raw" / "t10k-images-idx3-ubyte").exists(),
-    reason=f"MNIST files not in {DATA}; set MNIST_RAY_DATA",
-)
+pytestmark = pytest.mark.usefixtures("mnist_data")  # the MNIST files, downloaded if missing
 # Ray rewrites a 127.0.0.1 address to the machine's outward IP unless told the cluster is
 # local only; everything here stays on the loopback interface.
 LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
