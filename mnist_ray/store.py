@@ -34,10 +34,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from mnist_ray.config import WEIGHT_SHAPES, check_id, first_line
-
-# The schemas live in schema.py. The ones this module does not use are imported too, so
-# that `from mnist_ray.store import RUNS` keeps working where it is still written.
-from mnist_ray.schema import EVALUATIONS, KEYS, OPTIONAL, RUNS, SCHEMAS, SWEEPS  # noqa: F401
+from mnist_ray.schema import KEYS, SCHEMAS
 
 DEFAULT_STORE = "mnist-ray-store"  # a folder in the current directory
 

@@ -15,7 +15,8 @@ import reference as ref
 from conftest import REPO, client_env, eval_row, stored_run
 
 from mnist_ray.evaluate import evaluate_shard, merge, sample_index
-from mnist_ray.store import EVALUATIONS, RUNS, SWEEPS, Store
+from mnist_ray.schema import EVALUATIONS, RUNS, SWEEPS
+from mnist_ray.store import Store
 
 README = (REPO / "README.md").read_text()
 DOCS = {p.name: p.read_text() for p in sorted((REPO / "docs").glob("*.md"))}
