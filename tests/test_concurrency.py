@@ -52,13 +52,13 @@ def test_eight_evaluations_and_four_trainings_at_once_all_succeed(mnist_data, tm
 CLEAN_UP = """
 import os, subprocess, sys, time
 import ray
-from mnist_ray import local_ray
+from mnist_ray import session
 
 bystander = subprocess.Popen(["sleep", "60"])  # a child that is not Ray's
 ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
 node = ray._private.worker._global_node
 pids = [p.process.pid for procs in node.all_processes.values() for p in procs]
-local_ray.end_children()  # what a timed-out start is cleaned up with
+session.end_children()  # what a timed-out start is cleaned up with
 time.sleep(2)
 def alive(pid):
     try:
