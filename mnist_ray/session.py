@@ -1,13 +1,11 @@
 """Connecting to Ray, the one place that does: an embedded local Ray or an existing cluster.
 
     from mnist_ray.session import connect
-    with connect(None):                    # an embedded Ray, ended (all of it) on the way out
-        ray.get(task.remote())
-    with connect("127.0.0.1:6379"):        # or "auto", or "ray://HOST:10001": disconnects
-        ...
+    with connect(None):                # an embedded Ray, all of it ended on the way out
+        ray.get(task.remote())         # connect("HOST:PORT"), "auto", "ray://HOST:10001"
 
-Inside the block Ray's output goes to stderr (stdout is the result); after it nothing of
-an embedded Ray is left running, whatever ended the block (an error, a Ctrl-C at any time).
+Inside, Ray's output goes to stderr; after it nothing of an embedded Ray is left running,
+whatever ended the block (an error, a Ctrl-C at any moment).
 
 The one module that depends on Ray's version. Besides ray.init/shutdown it leans on:
 - Ray >= 2.52 (token auth), `ray._private.authentication.authentication_token_setup.
@@ -54,14 +52,12 @@ NO_METRICS = "RAY_enable_metrics_collection"  # "0": no Prometheus port, which h
 QUIET = dict(log_to_driver=False, logging_level=logging.ERROR)  # Ray's logs stay in its files
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
-__all__ = ["check_ray_version", "connect", "end_children", "ray_output_to_stderr"]
-
 
 def check_ray_version(version: str) -> None:
     """Refuse a Ray without token authentication, rather than run an embedded Ray open to all."""
     numbers = re.match(r"(\d+)\.(\d+)", version)
     if numbers is None or tuple(int(n) for n in numbers.groups()) < MIN_RAY:
-        floor = ".".join(map(str, MIN_RAY))
+        floor = f"{MIN_RAY[0]}.{MIN_RAY[1]}"
         raise ClusterError(
             f"Ray {version} is too old: mnist-ray needs Ray >= {floor} (token authentication); "
             f"pip install -U 'ray[default]>={floor}'"
@@ -79,18 +75,13 @@ def connect(address: str | None, log: Callable[[str], None] = say) -> Iterator[N
         yield
         return
     with ray_output_to_stderr():  # Ray prints to stdout even with log_to_driver=False
-        if address is None:
-            yield from _embedded(log)
-        else:
-            yield from _existing(address, log)
+        yield from _embedded(log) if address is None else _existing(address, log)
 
 
 def _embedded(log: Callable[[str], None]) -> Iterator[None]:
     """A new instance (never a cluster left by `ray start`): loopback, a token of its own.
-    `finally` ends all it started, also after a Ctrl-C half way through ray.init: Ray's own
-    shutdown (ray.shutdown, its atexit hook) knows the node only once ray.init has built it,
-    and the kernel's fate-sharing ends only the driver's children, leaving the raylet's
-    agents running for a minute after the command has gone."""
+    `finally` ends all it started even if ray.init was cut short: Ray's shutdown knows the
+    node only once ray.init has built it, and its fate-sharing spares the raylet's agents."""
     kwargs = dict(QUIET, address="local", include_dashboard=False, _node_ip_address="127.0.0.1")
     started = time.perf_counter()
     with loopback_and_own_token(), _adopting_orphans():
@@ -109,16 +100,14 @@ def _embedded(log: Callable[[str], None]) -> Iterator[None]:
 
 
 def _existing(address: str, log: Callable[[str], None]) -> Iterator[None]:
-    kwargs = dict(QUIET, address=address)
     started = time.perf_counter()
-    if _is_loopback(address):
-        _keep_loopback()
+    _keep_loopback(address)
     _token_alone_is_enough()
     log(f"Connecting to Ray at {address} ...")
     with _held_stderr() as held:
         for attempt in (1, 2):
             try:
-                ray.init(**kwargs)
+                ray.init(**QUIET, address=address)
                 failure = None
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 failure = exc
@@ -145,14 +134,13 @@ def _run(address: str | None, log: Callable[[str], None], started: float) -> Ite
 
 
 # ---- the embedded Ray: taking turns to start, loopback, its own token, ended whole ------------
-# Ray gives a new raylet a fixed 30 s to register with its GCS, which eight commands starting
-# at once on 2 cores overran; taking turns keeps each start within it. Commands do not share
-# one Ray: a command that joined another's would lose its tasks when that one ended.
+# Ray gives a new raylet a fixed 30 s to register, which eight commands starting at once on 2
+# cores overran: starts take turns. Commands do not share one Ray (a command that joined
+# another's would lose its tasks when that one ended).
 
 
 def _start_local(kwargs: dict, log: Callable[[str], None], tries: int = 2) -> Exception | None:
-    """Start the embedded Ray, one mnist-ray start at a time on this machine; a start that
-    timed out is ended and tried again, once."""
+    """Start the embedded Ray, taking turns; a start that timed out is ended, then retried."""
     for attempt in range(1, tries + 1):
         with start_lock(log):
             try:
@@ -164,7 +152,6 @@ def _start_local(kwargs: dict, log: Callable[[str], None], tries: int = 2) -> Ex
                 ray.shutdown()
                 end_children()
                 log("Ray's start timed out on a busy machine; starting it again ...")
-    return None
 
 
 @contextmanager
@@ -190,10 +177,9 @@ def loopback_and_own_token() -> Iterator[None]:
     """The embedded Ray on loopback only, with token authentication and a token of its own.
     Loopback: `_node_ip_address` alone does not do it; unless told the cluster is local
     only, each Ray process takes the machine's outside address (tests/test_loopback.py).
-    Token: Ray turns auth on for a new local Ray only when RAY_AUTH_MODE is unset, and then
-    writes ~/.ray/auth_token, which a later `ray start --head` picks up; a random token in
-    the environment keeps auth on and writes no file. Metrics: the agent's Prometheus port
-    answers anyone, and an embedded Ray has no dashboard to read it."""
+    Token: Ray turns auth on for a new local Ray only if RAY_AUTH_MODE is unset, writing
+    ~/.ray/auth_token for a later `ray start --head`; a random token in the environment
+    keeps auth on, no file. Metrics: their port answers anyone; nothing here reads them."""
     from ray._private import ray_constants
     from ray._raylet import Config
 
@@ -208,11 +194,9 @@ def loopback_and_own_token() -> Iterator[None]:
     try:
         yield
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        for k in names:
+            os.environ.pop(k, None)
+        os.environ.update({k: v for k, v in saved.items() if v is not None})
         ray_constants.ENABLE_RAY_CLUSTER = saved_flag
         Config.initialize("")
 
@@ -225,10 +209,9 @@ def _process_token() -> str:
 
 
 def end_children(timeout: float = 10.0) -> None:
-    """SIGKILL every Ray process below this one: what it started from Ray's package (GCS,
-    raylet, helpers), what those started (agents, workers), their orphans adopted here
-    (`ray::...`); each stopped as found, so none starts another unseen. Returns once they
-    are gone. Other children of this process (a notebook's, say) are left alone."""
+    """SIGKILL every Ray process below this one (GCS, raylet, helpers, their agents and
+    workers, orphans adopted here), each stopped as found so none starts another unseen;
+    return once they are gone. Other children of this process (a notebook's) are spared."""
     frozen: set[int] = set()
     for _ in range(100):  # a stopped process starts nothing: a few rounds find them all
         if not (found := _ray_below(os.getpid()) - frozen):
@@ -261,11 +244,10 @@ def _ray_below(me: int) -> set[int]:
 
 
 def _stat(pid: int) -> tuple[str, int]:  # (state letter, parent pid); ("", 0) once gone
-    try:  # the fields after the ")" that ends the command name
+    with contextlib.suppress(OSError, IndexError, ValueError):  # the fields after name's ")"
         state, ppid = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:2]
         return state, int(ppid)
-    except (OSError, IndexError, ValueError):
-        return "", 0
+    return "", 0
 
 
 def _is_rays(pid: int) -> bool:
@@ -277,9 +259,8 @@ def _is_rays(pid: int) -> bool:
 
 @contextmanager
 def _adopting_orphans() -> Iterator[None]:
-    """Linux: while the embedded Ray runs, this process adopts its descendants' orphans
-    (PR_SET_CHILD_SUBREAPER), so agents whose raylet has gone stay below it, where
-    end_children finds them, instead of going to init."""
+    """Linux: adopt descendants' orphans (PR_SET_CHILD_SUBREAPER) while the embedded Ray
+    runs, so agents whose raylet has gone stay below, where end_children finds them."""
     try:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
         was = ctypes.c_int()
@@ -293,21 +274,46 @@ def _adopting_orphans() -> Iterator[None]:
             prctl(36, was.value, 0, 0, 0)
 
 
+# Python drops an exception raised in an at-fork callback ("Exception ignored in: _releaseLock",
+# logging's lock left taken), and ray.init forks: a Ctrl-C landing in those callbacks is held
+# until they are over, then sent again. Registered last, these run first before, last after.
+_FORK = {"now": False, "held": False}
+
+
+@functools.cache
+def _watch_forks() -> None:
+    os.register_at_fork(before=lambda: _FORK.update(now=True), after_in_parent=_fork_ended)
+
+
+def _fork_ended() -> None:
+    _FORK["now"] = False
+    if _FORK["held"]:  # sent from here, it would be handled here, and dropped again
+        threading.Thread(target=_send_held, daemon=True).start()
+
+
+def _send_held() -> None:
+    time.sleep(0.05)
+    if _FORK["held"]:  # not yet raised some other way
+        _FORK["held"] = False
+        os.kill(os.getpid(), signal.SIGINT)
+
+
 @contextmanager
 def _ctrl_c(wait: bool) -> Iterator[None]:
-    """Ctrl-C made sure of. Starting (wait=False): raised at once, and raised again when
-    the block ends if Python dropped it: one raised inside an at-fork callback is only
-    printed ("Exception ignored in: _releaseLock"), and ray.init forks Ray's processes.
-    Ending Ray's processes (wait=True): raised once they are gone."""
+    """Ctrl-C made sure of: raised at once while Ray starts (wait=False), and at the end if
+    Python dropped it (in a __del__, say); while Ray's processes end (wait=True), after."""
     main = threading.current_thread() is threading.main_thread()
     if not main or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield  # Ctrl-C ignored (a background job) or handled by the caller: theirs
         return
+    _watch_forks()
     pressed: list[int] = []
 
     def press(signum, frame):
         pressed.append(signum)
-        if not wait:
+        if _FORK["now"]:
+            _FORK["held"] = True
+        elif not wait:
             raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, press)
@@ -315,6 +321,7 @@ def _ctrl_c(wait: bool) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        _FORK["held"] = False
     if pressed:
         raise KeyboardInterrupt
 
@@ -324,9 +331,8 @@ def _ctrl_c(wait: bool) -> Iterator[None]:
 
 @contextmanager
 def _held_stderr() -> Iterator[list[str]]:
-    """Hold what is written to file descriptor 2 while connecting. Ray's C++ client logs a
-    warning a second while it retries (20 s of "InvalidAuthToken" lines for a missing
-    token) before its Python side raises a generic error; held, they become one line."""
+    """Hold what is written to descriptor 2 while connecting: Ray's C++ client logs a line a
+    second as it retries (20 s of "InvalidAuthToken" with no token); held, they make one."""
     held: list[str] = []  # what was written, once the block has ended
     sys.stderr.flush()
     saved = os.dup(2)
@@ -371,8 +377,7 @@ def _check_reachable(address: str, timeout: float = 3.0) -> None:
             f"--address {address}: expected 'auto', 'HOST:PORT' or 'ray://HOST:PORT'"
         )
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            pass
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as exc:
         raise ClusterError(
             f"--address {address}: nothing answers at {host}:{port} ({exc.strerror or exc}); "
@@ -380,26 +385,22 @@ def _check_reachable(address: str, timeout: float = 3.0) -> None:
         ) from None
 
 
-def _is_loopback(address: str) -> bool:
-    host = address.split("://", 1)[-1].rpartition(":")[0].strip("[]")
-    return host in ("localhost", "::1") or host.startswith("127.")
-
-
-def _keep_loopback() -> None:
+def _keep_loopback(address: str) -> None:
     """Ray rewrites 127.0.0.1 to the machine's outside IP (services.resolve_ip_for_localhost),
     so a head bound to loopback looks unreachable and ray.init retries for minutes. Ray's
     switch for single-machine clusters keeps loopback; it is read at import: set its value."""
-    from ray._private import ray_constants
+    host = address.split("://", 1)[-1].rpartition(":")[0].strip("[]")
+    if host in ("localhost", "::1") or host.startswith("127."):
+        from ray._private import ray_constants
 
-    ray_constants.ENABLE_RAY_CLUSTER = False
+        ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 # ---- Ray's output off stdout ------------------------------------------------------------------
 
 
 def one_line_notice(text: str) -> str:
-    """A Ray notice (`(raylet) A worker died ... Worker PID: 123 ...`, many sentences over
-    many lines) as the one line a person needs."""
+    """A Ray notice (`(raylet) A worker died ... Worker PID: 123 ...`) as one line."""
     flat = " ".join(_ANSI.sub("", text).split())
     if "A worker died or was killed" in flat:
         pid = re.search(r"Worker PID: (\d+)", flat)
@@ -433,9 +434,8 @@ class _Notices(io.TextIOBase):
 
 @contextmanager
 def ray_output_to_stderr() -> Iterator[None]:
-    """File descriptor 1 and sys.stdout point at stderr until the block ends. Ray writes to
-    the driver's stdout even with log_to_driver=False: the `(raylet) A worker died ...`
-    notices go through sys.stdout, and the embedded Ray's processes inherit descriptor 1."""
+    """Descriptor 1 and sys.stdout point at stderr until the block ends: Ray's notices go
+    through sys.stdout, and the embedded Ray's processes inherit descriptor 1."""
     sys.stdout.flush()
     sys.stderr.flush()
     saved_fd, saved_stdout = os.dup(1), sys.stdout
