@@ -233,7 +233,7 @@ def run_sweep(
         "trial_params": [json.dumps(cfg.to_dict()) for _, cfg in trials],
     }
     _write_sweep(store, sweep, "running", [], stopped_before, 0.0)
-    from mnist_ray.cluster import connect
+    from mnist_ray.session import connect
 
     started = time.perf_counter()
     try:
