@@ -35,7 +35,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -83,11 +83,11 @@ def _embedded(log: Callable[[str], None]) -> Iterator[None]:
     `finally` ends all it started even if ray.init was cut short: Ray's shutdown knows the
     node only once ray.init has built it, and its fate-sharing spares the raylet's agents."""
     kwargs = dict(QUIET, address="local", include_dashboard=False, _node_ip_address="127.0.0.1")
-    started = time.perf_counter()
+    started, theirs = time.perf_counter(), _ray_below(os.getpid())  # a test's Cluster, say
     with loopback_and_own_token(), _adopting_orphans():
         try:
             with _ctrl_c(wait=False):
-                failure = _start_local(kwargs, log)
+                failure = _start_local(kwargs, log, theirs)
             if failure is not None:
                 raise _connect_error(None, failure, "") from None
             yield from _run(None, log, started)
@@ -96,7 +96,7 @@ def _embedded(log: Callable[[str], None]) -> Iterator[None]:
                 try:
                     ray.shutdown()  # Ray's graceful stop, when ray.init got as far as a node
                 finally:
-                    end_children()  # whatever Ray did not know of or did not stop
+                    end_children(theirs)  # whatever Ray did not know of or did not stop
 
 
 def _existing(address: str, log: Callable[[str], None]) -> Iterator[None]:
@@ -139,18 +139,18 @@ def _run(address: str | None, log: Callable[[str], None], started: float) -> Ite
 # another's would lose its tasks when that one ended).
 
 
-def _start_local(kwargs: dict, log: Callable[[str], None], tries: int = 2) -> Exception | None:
+def _start_local(kwargs: dict, log: Callable[[str], None], theirs: set[int]) -> Exception | None:
     """Start the embedded Ray, taking turns; a start that timed out is ended, then retried."""
-    for attempt in range(1, tries + 1):
+    for attempt in (1, 2):
         with start_lock(log):
             try:
                 ray.init(**kwargs)
                 return None
             except Exception as exc:  # Ray raises a bare Exception for a start that timed out
-                if START_TIMEOUT not in str(exc) or attempt == tries:
+                if START_TIMEOUT not in str(exc) or attempt == 2:
                     return exc
                 ray.shutdown()
-                end_children()
+                end_children(theirs)
                 log("Ray's start timed out on a busy machine; starting it again ...")
 
 
@@ -208,13 +208,13 @@ def _process_token() -> str:
     return secrets.token_hex(32)
 
 
-def end_children(timeout: float = 10.0) -> None:
+def end_children(spare: Collection[int] = (), timeout: float = 10.0) -> None:
     """SIGKILL every Ray process below this one (GCS, raylet, helpers, their agents and
-    workers, orphans adopted here), each stopped as found so none starts another unseen;
-    return once they are gone. Other children of this process (a notebook's) are spared."""
+    workers, orphans adopted here) but the trees of `spare`, each stopped as found so none
+    starts another unseen; return once gone. Other children (a notebook's) are left alone."""
     frozen: set[int] = set()
     for _ in range(100):  # a stopped process starts nothing: a few rounds find them all
-        if not (found := _ray_below(os.getpid()) - frozen):
+        if not (found := _ray_below(os.getpid(), spare) - frozen):
             break
         for pid in found:
             with contextlib.suppress(OSError):
@@ -233,11 +233,11 @@ def end_children(timeout: float = 10.0) -> None:
         time.sleep(0.02 if frozen else 0)
 
 
-def _ray_below(me: int) -> set[int]:
+def _ray_below(me: int, spare: Collection[int] = ()) -> set[int]:
     """The live processes in the trees of this process's children that are Ray's."""
     stats = {int(e.name): _stat(int(e.name)) for e in Path("/proc").iterdir() if e.name.isdigit()}
     parent = {pid: ppid for pid, (state, ppid) in stats.items() if state not in ("", "Z")}
-    below = {pid for pid, ppid in parent.items() if ppid == me and _is_rays(pid)}
+    below = {p for p, ppid in parent.items() if ppid == me and p not in spare and _is_rays(p)}
     while grown := {pid for pid, ppid in parent.items() if ppid in below} - below:
         below |= grown
     return below

@@ -12,6 +12,7 @@ own Ray temp dir; none may be running once the command has exited.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -56,6 +57,39 @@ def test_the_floor_is_the_one_pyproject_declares():
     (spec,) = ray_req.specifier
     assert (spec.operator, spec.version) == (">=", ".".join(map(str, MIN_RAY)))
     check_ray_version(ray.__version__)  # the Ray installed here is accepted
+
+
+# ---- an embedded Ray ends whole, and only itself ----------------------------------------------
+
+ENDS_ONLY_ITSELF = """
+import json, os, subprocess, sys
+from mnist_ray.session import _ray_below, connect
+
+me = os.getpid()
+other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", "/ray/"])
+with connect(None, log=lambda line: None):
+    ours = _ray_below(me, {other.pid})  # the GCS, the raylet, its agents and workers ...
+left = [pid for pid in ours if os.path.exists(f"/proc/{pid}")]
+print(json.dumps({"ours": len(ours), "left": left, "other_alive": other.poll() is None}))
+other.kill()
+"""
+
+
+def test_an_embedded_ray_in_a_process_ends_whole_and_spares_another_ray_there(tmp_path):
+    """As in a notebook or a test that already runs a Ray of its own (a Cluster, `ray start`):
+    leaving the block ends every process of the embedded Ray, and nothing else."""
+    got = subprocess.run(
+        [sys.executable, "-c", ENDS_ONLY_ITSELF],
+        env=client_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert got.returncode == 0, got.stderr[-3000:]
+    said = json.loads(got.stdout.strip().splitlines()[-1])
+    assert said["ours"] >= 3, said
+    assert said["left"] == [], said  # gone, not even a zombie: end_children reaps its own
+    assert said["other_alive"], said
 
 
 # ---- Ctrl-C during an embedded start ----------------------------------------------------------
