@@ -234,8 +234,8 @@ def end_children(spare: Collection[int] = (), timeout: float = 10.0) -> None:
 
 
 def _ray_below(me: int, spare: Collection[int] = ()) -> set[int]:
-    """The live processes in the trees of this process's children that are Ray's."""
-    stats = {int(e.name): _stat(int(e.name)) for e in Path("/proc").iterdir() if e.name.isdigit()}
+    """Live processes in the trees of this process's Ray children (none without /proc)."""
+    stats = {int(e.name): _stat(int(e.name)) for e in Path("/proc").glob("[0-9]*")}
     parent = {pid: ppid for pid, (state, ppid) in stats.items() if state not in ("", "Z")}
     below = {p for p, ppid in parent.items() if ppid == me and p not in spare and _is_rays(p)}
     while grown := {pid for pid, ppid in parent.items() if ppid in below} - below:
