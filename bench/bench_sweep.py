@@ -51,7 +51,7 @@ def sweep(args, store: str) -> dict:
 def ray_alone() -> float:
     """An embedded Ray started and stopped by a process that does nothing else: the fixed
     cost every mnist-ray command on a local Ray pays, Ray's stop included."""
-    code = "from mnist_ray.cluster import connect\nwith connect(None, log=lambda _: None): pass"
+    code = "from mnist_ray.session import connect\nwith connect(None, log=lambda _: None): pass"
     env = os.environ | {"PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
     started = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=600)

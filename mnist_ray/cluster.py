@@ -1,6 +1,7 @@
-"""Everything Ray: connect, choose resources, fan out, gather once.
+"""The job on Ray: the remote definitions with their resources, fan out, gather once.
 
-    from mnist_ray.cluster import connect, train_on_ray, evaluate_on_ray
+    from mnist_ray.session import connect
+    from mnist_ray.cluster import train_on_ray, evaluate_on_ray
     with connect(None):                      # an embedded local Ray, stopped on exit
         outcome = train_on_ray(cfg, images, labels, store, run_id, gpus="auto")
 
@@ -13,21 +14,15 @@ train.py and evaluate.py; nothing here computes.
 
 from __future__ import annotations
 
-import logging
-import os
-import socket
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 import numpy as np
 import ray
 
-from mnist_ray import checkpoints, local_ray
+from mnist_ray import checkpoints
 from mnist_ray.config import CHECKPOINT_EVERY, RETRIES, TrainConfig, first_line
-from mnist_ray.errors import ClusterError, token_error
+from mnist_ray.errors import ClusterError
 from mnist_ray.evaluate import (
     evaluate_shard,
     merge,
@@ -37,189 +32,17 @@ from mnist_ray.evaluate import (
 )
 from mnist_ray.output import say
 from mnist_ray.schema import evaluation_row, run_row
+from mnist_ray.session import connect
 from mnist_ray.store import Store, new_id, now
-from mnist_ray.streams import ray_output_to_stderr
 from mnist_ray.taskinfo import current_attempt, peak_rss_mib, where
-
-CLIENT_SERVER_FAILED = "Starting Ray client server failed"  # a ray:// start to try again
 
 __all__ = [
     "ClusterError",
-    "connect",
     "evaluate_and_store",
     "evaluate_on_ray",
     "train_and_store",
     "train_on_ray",
 ]
-
-
-def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
-# ---- connecting -------------------------------------------------------------------------------
-
-
-@contextmanager
-def connect(address: str | None, log: Callable[[str], None] = _say) -> Iterator[None]:
-    """An embedded local Ray (address None) or an existing cluster ('auto', 'host:port',
-    'ray://host:10001'); disconnects, and stops an embedded one, on the way out."""
-    if address is not None:
-        _check_reachable(address)
-    if ray.is_initialized():  # a caller (tests, a notebook) already connected: use that
-        yield
-        return
-    with ray_output_to_stderr():  # Ray prints to stdout even with log_to_driver=False
-        yield from _session(address, log)
-
-
-def _session(address: str | None, log: Callable[[str], None]) -> Iterator[None]:
-    kwargs = dict(log_to_driver=False, logging_level=logging.ERROR)
-    started = time.perf_counter()
-    if address is None:
-        # A new instance (never a cluster left by `ray start`): loopback, a token its own.
-        kwargs.update(address="local", include_dashboard=False, _node_ip_address="127.0.0.1")
-        with local_ray.loopback_and_own_token():
-            failure = _start_local(kwargs, log)
-            if failure is not None:
-                raise _connect_error(address, failure, "") from None
-            yield from _run(address, log, started)
-        return
-    kwargs.update(address=address)
-    if _is_loopback(address):
-        _keep_loopback()
-    _token_alone_is_enough()
-    log(f"Connecting to Ray at {address} ...")
-    with _held_stderr(hold=True) as held:
-        for attempt in (1, 2):
-            try:
-                ray.init(**kwargs)
-                failure = None
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                failure = exc
-            # ray://: the head starts a server of its own for each client, on the next port
-            # of its range; one that is still closing after the previous client left makes
-            # the start fail ("Starting Ray client server failed"). Once more, a moment later.
-            if failure is None or CLIENT_SERVER_FAILED not in str(failure) or attempt == 2:
-                break
-            ray.shutdown()  # whatever half of the client session the failure left
-            time.sleep(2)
-    if failure is not None:
-        raise _connect_error(address, failure, held.text) from None
-    sys.stderr.write(held.text)  # what Ray said while connecting, now that it worked
-    yield from _run(address, log, started)
-
-
-def _run(address: str | None, log: Callable[[str], None], started: float) -> Iterator[None]:
-    have = ray.cluster_resources()
-    log(
-        f"{'Started a local Ray' if address is None else f'Connected to Ray at {address}'}: "
-        f"{have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs "
-        f"({time.perf_counter() - started:.1f} s)"
-    )
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
-class _Held:
-    text = ""
-
-
-def _start_local(kwargs: dict, log: Callable[[str], None], tries: int = 2) -> Exception | None:
-    """Start the embedded Ray, one mnist-ray start at a time on this machine (see
-    local_ray.py); a start that timed out is cleaned up and tried again, once."""
-    for attempt in range(1, tries + 1):
-        with local_ray.start_lock(log):
-            try:
-                ray.init(**kwargs)
-                return None
-            except Exception as exc:  # Ray raises a bare Exception for a start that timed out
-                if not local_ray.timed_out(exc) or attempt == tries:
-                    return exc
-                ray.shutdown()
-                local_ray.end_children()
-                log("Ray's start timed out on a busy machine; starting it again ...")
-    return None
-
-
-@contextmanager
-def _held_stderr(hold: bool) -> Iterator[_Held]:
-    """Hold what is written to file descriptor 2 while connecting. Ray's C++ client logs a
-    warning a second while it retries (20 s of "InvalidAuthToken" lines for a missing
-    token) before its Python side raises a generic error; held, they become one line."""
-    held = _Held()
-    if not hold:
-        yield held
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield held
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            held.text = sink.read().decode(errors="replace")
-
-
-def _token_alone_is_enough() -> None:
-    """Ray's client sends RAY_AUTH_TOKEN only with RAY_AUTH_MODE=token; as for the Jobs API
-    (jobs.py), a token given alone is meant to be used."""
-    if os.environ.get("RAY_AUTH_TOKEN", "").strip() and "RAY_AUTH_MODE" not in os.environ:
-        os.environ["RAY_AUTH_MODE"] = "token"
-        # Ray caches its config at import: refresh it, as Ray's own switch to token mode does.
-        from ray._private.authentication import authentication_token_setup
-
-        authentication_token_setup._enable_token_auth()
-
-
-def _connect_error(address: str | None, exc: BaseException, said: str) -> Exception:
-    where = address or "a local Ray instance"
-    if "InvalidAuthToken" in said or "Unauthenticated" in said:
-        return token_error(where, os.environ.get("RAY_AUTH_MODE", "").lower() != "token")
-    said = " ".join(str(exc).split())  # Ray's client puts the reason on a second line
-    said = said if len(said) <= 300 else said[:297] + "..."
-    return ClusterError(f"--address {where}: could not connect ({said or type(exc).__name__})")
-
-
-def _check_reachable(address: str, timeout: float = 3.0) -> None:
-    """Fail in seconds on a host:port nothing listens on, instead of Ray's long retries."""
-    if address == "auto" or address.startswith(("local", "http://", "https://")):
-        return
-    hostport = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise ClusterError(
-            f"--address {address}: expected 'auto', 'HOST:PORT' or 'ray://HOST:PORT'"
-        )
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            pass
-    except OSError as exc:
-        raise ClusterError(
-            f"--address {address}: nothing answers at {host}:{port} ({exc.strerror or exc}); "
-            "is the Ray head running? (`ray start --head`, or leave --address out for a local Ray)"
-        ) from None
-
-
-def _is_loopback(address: str) -> bool:
-    host = address.split("://", 1)[-1].rpartition(":")[0].strip("[]")
-    return host in ("localhost", "::1") or host.startswith("127.")
-
-
-def _keep_loopback() -> None:
-    """Ray rewrites a 127.0.0.1 address to the machine's outside IP before connecting
-    (services.resolve_ip_for_localhost), so a head bound to loopback, as ours are, looks
-    unreachable and ray.init retries for minutes. Ray's own switch for single-machine
-    clusters (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) keeps loopback as loopback; it is
-    read at import, so set the value it sets."""
-    from ray._private import ray_constants
-
-    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def _gather(refs: list, what: str, tick: Callable[[int], None] | None = None):

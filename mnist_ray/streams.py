@@ -24,12 +24,9 @@ import os
 import re
 import secrets
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 NONCE_VAR = "MNIST_RAY_RESULT_NONCE"  # set by the client in the job's runtime_env
 MARKER = re.compile(r"^mnist-ray-result-([0-9a-f]{16}) ")  # what a framed line starts with
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # Ray's driver, on SIGTERM (`jobs stop`), prints a stack dump twice: as is, then through its
 # logger (`[2026-01-01 10:00:00,000 E 123 123] logging.cc:474: ` before each line).
 _RAY_LOG = r"(?:\[[^\]]*\] logging\.cc:\d+: )?"
@@ -43,67 +40,6 @@ def new_nonce() -> str:
 
 def marker(nonce: str) -> str:
     return f"mnist-ray-result-{nonce} "
-
-
-# ---- the driver: Ray's output off stdout ------------------------------------------------------
-
-
-def one_line_notice(text: str) -> str:
-    """A Ray notice (`(raylet) A worker died ... Worker PID: 123 ...`, many sentences over
-    many lines) as the one line a person needs."""
-    flat = " ".join(_ANSI.sub("", text).split())
-    if "A worker died or was killed" in flat:
-        pid = re.search(r"Worker PID: (\d+)", flat)
-        exit_type = re.search(r"Worker exit type: (\w+)", flat)
-        said = ", ".join(
-            s
-            for s in (
-                pid and f"pid {pid.group(1)}",
-                exit_type and f"exit type {exit_type.group(1)}",
-            )
-            if s
-        )
-        said = f" ({said})" if said else ""
-        return f"(raylet) A worker died or was killed while running a task{said}; Ray retries it"
-
-    return flat
-
-
-class _Notices(io.TextIOBase):
-    """What Ray prints through sys.stdout, sent to stderr one line per notice."""
-
-    def __init__(self, sink):
-        self.sink = sink
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        if text.strip():
-            line = one_line_notice(text) if "(raylet)" in text else text.rstrip("\n")
-            self.sink.write(line + "\n")
-            self.sink.flush()
-        return len(text)
-
-    def flush(self) -> None:
-        self.sink.flush()
-
-
-@contextmanager
-def ray_output_to_stderr() -> Iterator[None]:
-    """File descriptor 1 and sys.stdout point at stderr until the block ends."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved_fd, saved_stdout = os.dup(1), sys.stdout
-    os.dup2(2, 1)
-    sys.stdout = _Notices(sys.stderr)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        sys.stdout = saved_stdout
-        os.dup2(saved_fd, 1)
-        os.close(saved_fd)
 
 
 # ---- the job's driver: result lines framed -----------------------------------------------------

@@ -231,7 +231,7 @@ def run_sweep(
     else:
         log(f"Sweep {sweep_id}: {total} trial(s) of {spec['epochs']} epoch(s).")
     _write_sweep(store, sweep, "running", 0.0)
-    from mnist_ray.cluster import connect
+    from mnist_ray.session import connect
 
     started = time.perf_counter()
     try:

@@ -9,9 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from mnist_ray.cluster import ClusterError, connect, evaluate_on_ray, gpu_request, train_on_ray
+from mnist_ray.cluster import ClusterError, evaluate_on_ray, gpu_request, train_on_ray
 from mnist_ray.config import TrainConfig
 from mnist_ray.evaluate import evaluate_shard, merge
+from mnist_ray.session import connect
 from mnist_ray.store import Store
 
 

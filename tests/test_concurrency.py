@@ -53,7 +53,7 @@ def test_eight_evaluations_and_four_trainings_at_once_all_succeed(mnist_data, tm
 CLEAN_UP = """
 import os, subprocess, sys, time
 import ray
-from mnist_ray import local_ray
+from mnist_ray import session
 
 bystander = subprocess.Popen(["sleep", "60"])  # a child that is not Ray's
 ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
@@ -65,7 +65,7 @@ def alive(pid):
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
-local_ray.end_children()  # what a timed-out start is cleaned up with
+session.end_children()  # what a timed-out start is cleaned up with
 deadline = time.monotonic() + 60  # until the killed ones are gone, bounded
 while any(alive(p) for p in pids) and time.monotonic() < deadline:
     time.sleep(0.05)
