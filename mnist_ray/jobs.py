@@ -125,6 +125,11 @@ def _auth_error(address: str, exc: BaseException) -> Exception:
 
 def client(address: str):
     """A JobSubmissionClient, or one line saying why there is none."""
+    import ray
+
+    from mnist_ray.session import check_ray_version
+
+    check_ray_version(ray.__version__)  # before importing what an older Ray lacks
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
