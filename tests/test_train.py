@@ -96,17 +96,17 @@ def test_an_adam_run_resumed_in_the_middle_is_the_uninterrupted_run(mnist_train,
     images, labels = (a[:3000] for a in mnist_train)
     cfg, store = TrainConfig(epochs=3, model="mlp-dropout"), Store(tmp_path)
     saved = []
-    whole = train(cfg, images, labels, CPU, on_epoch=saved.append, log=_quiet, threads=2)
+    whole = train(cfg, images, labels, CPU, on_epoch=saved.append, log=_quiet)
     checkpoints.save(store, "run-adam", saved[0])
     stored = checkpoints.latest(store, "run-adam", shapes=None)
     assert {k.split(".", 1)[1] for k in stored.optimizer} == {"step", "exp_avg", "exp_avg_sq"}
-    resumed = train(cfg, images, labels, CPU, resume=stored, log=_quiet, threads=2)
+    resumed = train(cfg, images, labels, CPU, resume=stored, log=_quiet)
     assert resumed.epoch_costs == whole.epoch_costs
     for name, value in whole.weights.items():
         assert np.array_equal(resumed.weights[name], value), name
     # Without Adam's state the same resume goes elsewhere: the state is what made it exact.
     stored.optimizer = {}
-    forgetful = train(cfg, images, labels, CPU, resume=stored, log=_quiet, threads=2)
+    forgetful = train(cfg, images, labels, CPU, resume=stored, log=_quiet)
     assert forgetful.epoch_costs[1:] != whole.epoch_costs[1:]
 
 
