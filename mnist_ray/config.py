@@ -96,7 +96,14 @@ class TrainConfig:
         return self
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields by name (TrainConfig(**d) gives it back). `model` and `optimizer` are
+        left out while they are the tutorial's (softmax, sgd), so the classic job's run
+        rows, sweep trials and task arguments are exactly what they were before models:
+        a run row has no column for them yet."""
+        d = asdict(self)
+        if (self.model, self.optimizer) == (DEFAULT_MODEL, MODEL_DEFAULTS[DEFAULT_MODEL][0]):
+            del d["model"], d["optimizer"]
+        return d
 
 
 @dataclass(frozen=True)

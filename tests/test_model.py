@@ -54,6 +54,20 @@ def test_the_registry_names_each_lab_and_its_training():
     assert TrainConfig(**TrainConfig(model="mlp").to_dict()) == TrainConfig(model="mlp")
 
 
+def test_the_classic_configs_dict_is_what_it_was_before_models():
+    """Run rows and sweep trials of the default job keep their keys; another model's
+    dict carries its name and optimizer, and every dict gives its config back."""
+    classic = ["dataset", "epochs", "batch_size", "lr", "seed"]
+    assert list(TrainConfig().to_dict()) == classic
+    assert list(TrainConfig(lr=0.5).to_dict()) == classic
+    cnn = TrainConfig(model="cnn").to_dict()
+    assert (cnn["model"], cnn["optimizer"], cnn["lr"]) == ("cnn", "adam", 0.001)
+    adam = TrainConfig(optimizer="adam").to_dict()
+    assert (adam["model"], adam["optimizer"]) == ("softmax", "adam")
+    for cfg in (TrainConfig(), TrainConfig(model="cnn"), TrainConfig(optimizer="adam")):
+        assert TrainConfig(**cfg.to_dict()) == cfg
+
+
 def test_an_unknown_model_or_optimizer_is_refused():
     with pytest.raises(ConfigError, match="--model: unknown model 'resnet'; choose one of"):
         TrainConfig(model="resnet").validate()
