@@ -34,7 +34,8 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from mnist_ray.store import EVALUATIONS, RUNS, Store  # noqa: E402
+from mnist_ray.schema import EVALUATIONS, RUNS  # noqa: E402
+from mnist_ray.store import Store  # noqa: E402
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 

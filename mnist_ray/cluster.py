@@ -15,20 +15,18 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import ray
 
 from mnist_ray import checkpoints, local_ray
-from mnist_ray.config import CHECKPOINT_EVERY, TrainConfig, first_line
+from mnist_ray.config import CHECKPOINT_EVERY, RETRIES, TrainConfig, first_line
 from mnist_ray.errors import ClusterError, token_error
 from mnist_ray.evaluate import (
     evaluate_shard,
@@ -37,11 +35,12 @@ from mnist_ray.evaluate import (
     sample_index,
     shard_bounds,
 )
+from mnist_ray.output import say
+from mnist_ray.schema import evaluation_row, run_row
 from mnist_ray.store import Store, new_id, now
 from mnist_ray.streams import ray_output_to_stderr
+from mnist_ray.taskinfo import current_attempt, peak_rss_mib, where
 
-RETRIES = 3  # Ray re-runs a task whose worker or node died, this many times
-FAULTS = "MNIST_RAY_FAULTS"  # fault injection for tests: a folder of tokens, see _fault
 CLIENT_SERVER_FAILED = "Starting Ray client server failed"  # a ray:// start to try again
 
 __all__ = [
@@ -265,56 +264,6 @@ def _failure(what: str, exc: BaseException) -> ClusterError:
     return ClusterError(f"{what} failed: {first_line(exc)}")
 
 
-def peak_rss_mib() -> float:
-    """This process's peak resident memory so far, in MiB (VmHWM; ru_maxrss elsewhere)."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
-
-
-def _where() -> dict:
-    ctx = ray.get_runtime_context()
-    return {
-        "node_id": ctx.get_node_id(),
-        "hostname": socket.gethostname(),
-        "gpu_ids": [int(i) for i in ray.get_gpu_ids()],
-        "pid": os.getpid(),
-    }
-
-
-def _fault(stage: str) -> None:
-    """Fault injection for the fault tests. When $MNIST_RAY_FAULTS names a folder (in the
-    environment of the Ray workers), a task of `stage` ("train" or "shard") that manages to
-    remove one file named `<stage>-*` from it kills its own process with SIGKILL: a real
-    worker death, as the OOM killer would cause, that Ray retries. A task that removes a
-    file named `stall-<stage>-<its node id>` instead sleeps until its node is taken away,
-    so a test can lose a node with a task surely on it. Unset: does nothing."""
-    folder = os.environ.get(FAULTS)
-    if not folder:
-        return
-    stall = Path(folder) / f"stall-{stage}-{ray.get_runtime_context().get_node_id()}"
-    try:
-        stall.unlink()
-    except FileNotFoundError:
-        pass
-    else:
-        time.sleep(600)  # the test removes this node well before
-    for token in sorted(Path(folder).glob(f"{stage}-*")):
-        try:
-            token.unlink()  # atomic: of tasks racing for one token, one wins
-        except FileNotFoundError:
-            continue
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 # ---- training ---------------------------------------------------------------------------------
 
 
@@ -330,17 +279,17 @@ def training_stream(
     """The training task: a plain generator, run by Ray as a streaming generator task.
 
     Yields {"epoch", "cost", "seconds"} as each epoch completes, then {"outcome": ...}
-    (weights, costs, where it ran). Writes a checkpoint when `checkpoint_every` seconds
-    have passed since the last one (0: after every epoch), never after the last epoch,
-    whose weights the driver stores anyway. A retried attempt resumes from the newest
-    checkpoint and first yields again the epochs it restored: Ray hands the caller a
-    retry's yields by position, dropping those it already has, so every attempt must
-    yield epoch i at position i."""
-    _fault("train")
+    (weights, costs, where it ran, which attempt it was). Writes a checkpoint when
+    `checkpoint_every` seconds have passed since the last one (0: after every epoch), never
+    after the last epoch, whose weights the driver stores anyway. A retried attempt resumes
+    from the newest checkpoint and first yields again the epochs it restored: Ray hands the
+    caller a retry's yields by position, dropping those it already has, so every attempt
+    must yield epoch i at position i."""
     import torch
 
     from mnist_ray.train import Training, pick_device
 
+    attempts = current_attempt()  # here, in the task's own thread: Ray keeps it per thread
     config = TrainConfig(**cfg)
     target = Store(store)
     resume = checkpoints.latest(target, run_id)  # set when Ray retries a killed attempt
@@ -361,6 +310,7 @@ def training_stream(
             "train_seconds": result.seconds,
             "device": result.device,
             "cuda_graph": result.cuda_graph,
+            "attempts": attempts,
             "resumed_from_epoch": resume.epoch if resume else 0,
             "torch_version": str(torch.__version__),  # a str subclass: unpickling imports torch
             "peak_rss_mib": peak_rss_mib(),
@@ -369,7 +319,7 @@ def training_stream(
                 if result.device.startswith("cuda")
                 else None
             ),
-            **_where(),
+            **where(),
         }
     }
 
@@ -377,7 +327,7 @@ def training_stream(
 train_task = ray.remote(num_cpus=1, max_retries=RETRIES)(training_stream)
 
 
-def gpu_request(gpus: str, log: Callable[[str], None] = _say) -> int:
+def gpu_request(gpus: str, log: Callable[[str], None] = say) -> int:
     """How many GPUs the training task asks for: --gpus auto|0|1 against what the cluster has."""
     have = ray.cluster_resources().get("GPU", 0)
     if gpus == "0":
@@ -403,7 +353,7 @@ def train_on_ray(
     store: Store,
     run_id: str,
     gpus: str = "auto",
-    log: Callable[[str], None] = _say,
+    log: Callable[[str], None] = say,
     checkpoint_every: float = CHECKPOINT_EVERY,
 ) -> dict:
     """Run the training task, print each epoch as it streams in; return its outcome."""
@@ -467,21 +417,32 @@ def _train_through_a_queue(args: tuple, options: dict, show: Callable[[dict], No
 
 
 def store_run(store: Store, run_id: str, cfg: TrainConfig, outcome: dict, **extra) -> dict:
-    """Write a trained run's weights, then its row (the row last: it is what readers see)."""
+    """Write a trained run's weights, then its row (the row last: it is what readers see).
+    `extra`: more columns (sweep_id), or one the caller knows better than the outcome."""
     weights_uri, sha = store.write_weights(run_id, outcome["weights"])
-    row = {
-        "run_id": run_id,
-        "created_at": now(),
+    attempts = outcome["attempts"]
+    if attempts is None:  # a Tune trial, restarted by Tune, not Ray: a resume is all it shows
+        attempts = 1 + (outcome["resumed_from_epoch"] > 0)
+    columns = dict(
+        run_id=run_id,
+        created_at=now(),
         **cfg.to_dict(),
-        **{k: outcome[k] for k in ("device", "node_id", "hostname", "gpu_ids", "cuda_graph")},
-        **{k: outcome[k] for k in ("epoch_costs", "train_seconds", "torch_version")},
-        **{k: outcome[k] for k in ("peak_rss_mib", "gpu_peak_mib")},
-        "attempts": 1 + (outcome["resumed_from_epoch"] > 0),
-        "weights_uri": weights_uri,
-        "weights_sha256": sha,
-        "ray_version": ray.__version__,
-        **extra,
-    }
+        device=outcome["device"],
+        node_id=outcome["node_id"],
+        hostname=outcome["hostname"],
+        gpu_ids=outcome["gpu_ids"],
+        cuda_graph=outcome["cuda_graph"],
+        epoch_costs=outcome["epoch_costs"],
+        train_seconds=outcome["train_seconds"],
+        attempts=attempts,
+        weights_uri=weights_uri,
+        weights_sha256=sha,
+        torch_version=outcome["torch_version"],
+        ray_version=ray.__version__,
+        peak_rss_mib=outcome["peak_rss_mib"],
+        gpu_peak_mib=outcome["gpu_peak_mib"],
+    )
+    row = run_row(**columns | extra)
     store.write_row("runs", row)
     return row
 
@@ -494,7 +455,7 @@ def train_and_store(
     address: str | None,
     gpus: str = "auto",
     checkpoint_every: float = CHECKPOINT_EVERY,
-    log: Callable[[str], None] = _say,
+    log: Callable[[str], None] = say,
 ) -> dict:
     """`submit train`: connect, train on Ray, store weights and the run row; returns the row.
     A failed or interrupted run leaves no row, and its checkpoints are deleted (a run
@@ -516,7 +477,6 @@ def train_and_store(
 
 
 def _shard_task(weights, images, labels, start: int, stop: int, sample: int) -> dict:
-    _fault("shard")
     part = evaluate_shard(weights, images, labels, start, stop, sample)
     part["node_id"] = ray.get_runtime_context().get_node_id()
     part["peak_rss_mib"] = peak_rss_mib()
@@ -532,7 +492,7 @@ def evaluate_on_ray(
     labels: np.ndarray,
     shards: int,
     sample: int,
-    log: Callable[[str], None] = _say,
+    log: Callable[[str], None] = say,
 ) -> dict:
     """One CPU task per contiguous shard; the merged counts and the nodes that ran them."""
     w, x, y = ray.put(weights), ray.put(images), ray.put(labels)  # once, shared by all shards
@@ -563,7 +523,7 @@ def evaluate_and_store(
     store: Store,
     address: str | None,
     shards: int,
-    log: Callable[[str], None] = _say,
+    log: Callable[[str], None] = say,
 ) -> dict:
     """`evaluate`: connect, evaluate the run's weights on Ray, write the evaluation row."""
     sample = sample_index(run["seed"], len(labels))
@@ -572,23 +532,26 @@ def evaluate_and_store(
     with connect(address, log=log):
         merged = evaluate_on_ray(weights, images, labels, shards, sample, log=log)
     s = merged["sample"]
-    row = {
-        "eval_id": new_id("eval"),
-        "run_id": run["run_id"],
-        "created_at": now(),
-        "dataset": run["dataset"],
-        "shards": shards,
-        **{k: merged[k] for k in ("accuracy", "correct", "total", "per_class_accuracy")},
-        "confusion": merged["confusion"],
-        "sample_index": s["index"],
-        "sample_label": s["label"],
-        "sample_prediction": s["prediction"],
-        "sample_probabilities": s["probabilities"],
-        "sample_pixels": s["pixels"],
-        "eval_seconds": time.perf_counter() - started,
-        "node_ids": merged["node_ids"],
-        "shard_peak_rss_mib": merged["shard_peak_rss_mib"],
+    row = evaluation_row(
+        eval_id=new_id("eval"),
+        run_id=run["run_id"],
+        created_at=now(),
+        dataset=run["dataset"],
+        shards=shards,
+        accuracy=merged["accuracy"],
+        correct=merged["correct"],
+        total=merged["total"],
+        per_class_accuracy=merged["per_class_accuracy"],
+        confusion=merged["confusion"],
+        sample_index=s["index"],
+        sample_label=s["label"],
+        sample_prediction=s["prediction"],
+        sample_probabilities=s["probabilities"],
+        sample_pixels=s["pixels"],
+        eval_seconds=time.perf_counter() - started,
+        node_ids=merged["node_ids"],
+        shard_peak_rss_mib=merged["shard_peak_rss_mib"],
         **misclassified_columns(merged),
-    }
+    )
     store.write_row("evaluations", row)
     return row

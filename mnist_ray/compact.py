@@ -3,6 +3,10 @@
     from mnist_ray.compact import compact
     compact(Store("mnist-ray-store"), "runs")   # {"merged": 10000, "rows": 10000, ...}
 
+`files` counts the table's files, `merged` the files merged, `rows` the rows written to the
+merged file and `uri` names it: 0, 0 and None when there was nothing to merge (fewer than
+two good files).
+
 Writers keep writing one file per row under unique names, so they never collide and never
 wait for a compaction. A compaction:
 
@@ -29,8 +33,9 @@ import secrets
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mnist_ray.query import Bad, _Vanished, connect, load
-from mnist_ray.store import KEYS, SCHEMAS, Store, StoreError, now
+from mnist_ray.query import Bad, Vanished, connect, load
+from mnist_ray.schema import KEYS, SCHEMAS
+from mnist_ray.store import Store, StoreError, now
 
 ROW_GROUP = 2048  # rows per Parquet row group in a merged file
 ATTEMPTS = 5  # restarts when another compaction took a file this one had listed
@@ -41,14 +46,16 @@ def compact(store: Store, table: str) -> dict:
     for _ in range(ATTEMPTS):
         files = store.list(table, ".parquet")
         if len(files) < 2:
-            return {"table": table, "files": len(files), "merged": 0, "rows": None, "bad": []}
+            return _nothing(table, files, [])
         con = connect()
         try:
             bad = load(con, store, table, SCHEMAS[table].names, files=files)
-        except _Vanished:
+        except Vanished:
             continue  # another compaction merged some of these: list again
         done = {uri for uri, _ in bad}
         inputs = [f for f in files if store.uri(f) not in done]
+        if len(inputs) < 2:  # one good file (a merged one, say) beside bad ones: it stays
+            return _nothing(table, files, bad)
         order = f"created_at, {KEYS[table]}"
         merged = con.sql(f"SELECT * FROM {table} ORDER BY {order}").to_arrow_table()
         uri = _write(store, table, merged.cast(SCHEMAS[table]))
@@ -65,7 +72,13 @@ def compact(store: Store, table: str) -> dict:
     raise StoreError(f"{store.uri(table)}: other compactions kept changing it; try again")
 
 
+def _nothing(table: str, files: list[str], bad: Bad) -> dict:
+    return {"table": table, "files": len(files), "merged": 0, "rows": 0, "bad": bad, "uri": None}
+
+
 def compact_all(store: Store) -> tuple[list[dict], Bad]:
+    """Every table that piles up row files, compacted; a store that isn't there is refused."""
+    store.check_exists()
     # Runs and evaluations pile up one file per row; a sweep keeps one file that it
     # rewrites while it runs, so there is nothing to merge (and a merged copy would go stale).
     summaries = [compact(store, t) for t in ("runs", "evaluations")]

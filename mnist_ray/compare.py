@@ -16,15 +16,16 @@ import re
 import duckdb
 import pyarrow as pa
 
-from mnist_ray.config import TrainConfig, first_line
-from mnist_ray.query import Bad, QueryError, open_store
-from mnist_ray.store import RUNS, Store
+from mnist_ray.config import ConfigError, TrainConfig, first_line
+from mnist_ray.query import Bad, find_run, open_store, read_rows
+from mnist_ray.schema import RUNS
+from mnist_ray.store import Store
 
 # The parameters a run was trained with; sweep_id joins them once the store has it.
 PARAMS = [f.name for f in dataclasses.fields(TrainConfig) if f.name in RUNS.names] + [
     n for n in ("sweep_id",) if n in RUNS.names
 ]
-METRICS = ["last_cost", "best_cost", "accuracy", "device", "seconds"]
+METRICS = ["last_cost", "best_cost", "accuracy", "device", "train_seconds"]
 EVAL_COLUMNS = ["eval_id", "run_id", "created_at", "dataset", "shards", "accuracy", "correct"]
 EVAL_COLUMNS += ["total", "eval_seconds"]
 RUN_READ = ["run_id", "created_at", *PARAMS, "device", "epoch_costs", "train_seconds"]
@@ -33,7 +34,7 @@ RUN_READ = ["run_id", "created_at", *PARAMS, "device", "epoch_costs", "train_sec
 RUNS_VIEW = f"""
 SELECT r.run_id, r.created_at, {", ".join(f"r.{p}" for p in PARAMS)},
        r.epoch_costs[-1] AS last_cost, list_min(r.epoch_costs) AS best_cost,
-       e.accuracy, e.eval_id, r.device, r.train_seconds AS seconds
+       e.accuracy, e.eval_id, r.device, r.train_seconds
 FROM runs r LEFT JOIN (
     SELECT run_id, arg_max(accuracy, created_at) AS accuracy, arg_max(eval_id, created_at) AS eval_id
     FROM evaluations GROUP BY run_id
@@ -52,12 +53,12 @@ class Listing:
 
 
 def sort_key(sort: str | None, columns: list[str]) -> str:
-    """`lr` ascending, `-lr` descending; a column that isn't there is a BadParameter."""
+    """`lr` ascending, `-lr` descending; a column that isn't there is a ConfigError."""
     if sort is None:
         return "created_at"
     name = sort.removeprefix("-")
     if name not in columns:
-        raise QueryError(f"--sort {sort}: no such column; choose one of {', '.join(columns)}")
+        raise ConfigError("sort", f"{sort}: no such column; choose one of {', '.join(columns)}")
     return f"{name} {'DESC' if sort.startswith('-') else 'ASC'} NULLS LAST, created_at"
 
 
@@ -87,7 +88,7 @@ def listing(
         runs = con.sql(sql).to_arrow_table().to_pylist()
         [(total,)] = con.sql(f"SELECT count(*) FROM listing WHERE ({where or 'true'})").fetchall()
     except duckdb.Error as exc:
-        raise QueryError(f"--where {where}: {first_line(exc)}") from None
+        raise ConfigError("where", f"{where}: {first_line(exc)}") from None
     evals = _evaluations(con, runs if (where or limit is not None) else None)
     same = {} if len(runs) < 2 else differing(runs, PARAMS)[1]
     shown = [c for c in PARAMS if c not in same or all_columns]
@@ -117,17 +118,10 @@ def differing(rows: list[dict], columns: list[str]) -> tuple[list[str], dict]:
     return differ, same
 
 
-def caption(same: dict) -> str:
-    if not same:
-        return ""
-    text = ", ".join(f"{k}={v}" for k, v in same.items())
-    return f"same in every run: {text} (--all-columns shows them)"
-
-
 def safe_where(where: str | None) -> str | None:
     """One predicate, not a second statement."""
     if where is not None and re.search(r";", where):
-        raise QueryError(f"--where {where}: one SQL condition, without ';'")
+        raise ConfigError("where", f"{where}: one SQL condition, without ';'")
     return where
 
 
@@ -146,9 +140,9 @@ def sparkline(values: list[float], low: float, high: float) -> str:
 
 def compare_runs(store: Store, run_ids: list[str]) -> dict:
     """Everything `compare` prints, as data: the first run is the one the others are
-    measured against."""
-    every, _ = store.read("runs")  # once, not once per id
-    runs = [store.find_run(r, runs=every) for r in run_ids]
+    measured against. The ids are the command's RUN arguments, and errors say so."""
+    every, _ = read_rows(store, "runs")  # once, not once per id
+    runs = [find_run(store, r, runs=every, about="RUN") for r in run_ids]
     con, _ = open_store(store, ["evaluations"], columns={"evaluations": EVAL_READ})
     latest = {
         e["run_id"]: e

@@ -43,11 +43,12 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
 class ConfigError(ValueError):
-    """A bad value for a named option; `option` is the CLI spelling."""
+    """A bad value for one parameter. `param` is its name in the code (`batch_size`); the
+    command line spells it as the option or argument that set it (`--batch-size`)."""
 
-    def __init__(self, option: str, message: str):
-        super().__init__(f"{option}: {message}")
-        self.option = option
+    def __init__(self, param: str, message: str):
+        super().__init__(f"{param}: {message}")
+        self.param = param
         self.message = message
 
 
@@ -74,25 +75,25 @@ class TrainConfig:
         check_dataset(self.dataset)
         if self.model not in MODEL_DEFAULTS and ":" not in self.model:  # or a user's module:attr
             raise ConfigError(
-                "--model",
+                "model",
                 f"unknown model {self.model!r}; choose one of {', '.join(MODEL_DEFAULTS)}",
             )
         if self.optimizer is None or self.lr is None:
-            option = "--optimizer" if self.optimizer is None else "--lr"
+            option = "optimizer" if self.optimizer is None else "lr"
             raise ConfigError(option, f"model {self.model} has no lab default: give one")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(
-                "--optimizer",
+                "optimizer",
                 f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}",
             )
         if not 1 <= self.epochs <= 10_000:
-            raise ConfigError("--epochs", f"{self.epochs} is not in 1..10000")
+            raise ConfigError("epochs", f"{self.epochs} is not in 1..10000")
         if not 1 <= self.batch_size <= 60_000:
-            raise ConfigError("--batch-size", f"{self.batch_size} is not in 1..60000")
+            raise ConfigError("batch_size", f"{self.batch_size} is not in 1..60000")
         if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError("--lr", f"{self.lr} must be a finite number above 0")
+            raise ConfigError("lr", f"{self.lr} must be a finite number above 0")
         if not 0 <= self.seed < 2**63:
-            raise ConfigError("--seed", f"{self.seed} is not in 0..2**63-1")
+            raise ConfigError("seed", f"{self.seed} is not in 0..2**63-1")
         return self
 
     def to_dict(self) -> dict:
@@ -112,22 +113,22 @@ class EvalConfig:
 
     def validate(self) -> EvalConfig:
         if not 1 <= self.shards <= MAX_SHARDS:
-            raise ConfigError("--shards", f"{self.shards} is not in 1..{MAX_SHARDS}")
+            raise ConfigError("shards", f"{self.shards} is not in 1..{MAX_SHARDS}")
         return self
 
 
 def check_dataset(name: str) -> str:
     if name not in DATASETS:
         raise ConfigError(
-            "--dataset", f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}"
+            "dataset", f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}"
         )
     return name
 
 
-def check_id(value: str, option: str = "--run") -> str:
+def check_id(value: str, param: str = "run") -> str:
     if not _ID.match(value or ""):
         raise ConfigError(
-            option, f"{value!r} is not a valid id (letters, digits, '-' and '_', up to 64)"
+            param, f"{value!r} is not a valid id (letters, digits, '-' and '_', up to 64)"
         )
     return value
 

@@ -77,7 +77,7 @@ def load(
     raw = raw_folder(dataset, root)
     image_file, label_file = (raw / name for name in FILES[split])
     if download and not (image_file.exists() and label_file.exists()):
-        _download(dataset, root)
+        _download(dataset, root, named=bool(data_dir or os.environ.get("MNIST_RAY_DATA")))
     for path in (image_file, label_file):
         if not path.exists():
             raise DataError(
@@ -143,18 +143,39 @@ def read_idx(path: Path, magic: int, check_md5: bool = False) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
 
-def _download(dataset: str, root: Path) -> None:
-    """torchvision fetches and unpacks the four files (both splits) into root."""
+def _download(dataset: str, root: Path, named: bool) -> None:
+    """torchvision fetches and unpacks the four files (both splits) into a hidden folder in
+    root; they move into place only once all four are there, so a failed or interrupted
+    download leaves nothing behind. A root the user named (`named`) must exist: a typo is
+    said so, not filled with a fresh download."""
+    import shutil
+    import tempfile
+
     import torchvision.datasets as tvd  # heavy; only when files are missing
 
-    cls = {"mnist": tvd.MNIST, "fashion-mnist": tvd.FashionMNIST}[dataset]
-    try:
-        cls(str(root), train=True, download=True)
-    except Exception as exc:  # network, permissions, a mirror's error page
-        cause = str(exc).strip().splitlines()
+    raw = raw_folder(dataset, root)
+    if named and not root.is_dir():
         raise DataError(
-            f"{raw_folder(dataset, root)}: {FOLDERS[dataset]} files missing and the download "
-            f"failed ({cause[-1] if cause else type(exc).__name__}); copy the four IDX files "
-            "there, or pass --data-dir / set MNIST_RAY_DATA to a folder that holds "
-            f"{FOLDERS[dataset]}/raw/"
-        ) from None
+            f"{root}: no such folder; create it to download {FOLDERS[dataset]} there, "
+            f"or point --data-dir / MNIST_RAY_DATA at the folder holding {FOLDERS[dataset]}/raw/"
+        )
+    root.mkdir(parents=True, exist_ok=True)  # the default cache folder, made on first use
+    cls = {"mnist": tvd.MNIST, "fashion-mnist": tvd.FashionMNIST}[dataset]
+    tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=root))  # same disk: renames are atomic
+    try:
+        try:
+            cls(str(tmp), train=True, download=True)
+        except Exception as exc:  # network, permissions, a mirror's error page
+            cause = str(exc).strip().splitlines()
+            raise DataError(
+                f"{raw}: {FOLDERS[dataset]} files missing and the download failed "
+                f"({cause[-1] if cause else type(exc).__name__}); copy the four IDX files "
+                "there, or pass --data-dir / set MNIST_RAY_DATA to a folder that holds "
+                f"{FOLDERS[dataset]}/raw/"
+            ) from None
+        raw.mkdir(parents=True, exist_ok=True)
+        for name in (*FILES["train"], *FILES["test"]):
+            if not (raw / name).exists():  # a file already there is the user's: kept
+                os.replace(tmp / FOLDERS[dataset] / "raw" / name, raw / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shlex
 import sys
@@ -32,15 +33,14 @@ import typer
 
 from mnist_ray.config import first_line
 from mnist_ray.errors import ClusterError, token_error
+from mnist_ray.output import say
 from mnist_ray.streams import NONCE_VAR, LogSplitter, new_nonce
 from mnist_ray.ui import friendly
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 SETTLE_SECONDS = 30  # after the log stream ends, how long to wait for a terminal status
-
-
-def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+# How a job that a stop request ended reads (Ray's driver says it with a stack dump).
+STOPPED = "was stopped on request (`mnist-ray jobs stop` or `ray job stop`)"
 
 
 def is_remote(address: str | None) -> bool:
@@ -128,6 +128,10 @@ def client(address: str):
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
+    # The SDK logs `WebSocket closed for job ...` at INFO each time a log stream ends, through
+    # its own logger (set to INFO when imported, so this comes after the import); its
+    # warnings still show.
+    logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)
     try:
         return JobSubmissionClient(address, headers=_headers())
     except AuthenticationError as exc:
@@ -190,13 +194,19 @@ def final_status(c, address: str, job_id: str, settle: float = SETTLE_SECONDS):
         time.sleep(0.5)
 
 
-def outcome(info, job_id: str, log: Callable[[str], None]) -> int:
+def outcome(info, job_id: str, log: Callable[[str], None], sigterm: bool = False) -> int:
+    """The exit code for how the job ended, and one line unless it succeeded. `sigterm`:
+    its log held Ray's SIGTERM stack dump, which LogSplitter left out."""
     status = str(info.status)
     if status == "SUCCEEDED":
         return 0
+    if status == "STOPPED":
+        log(f"Error: job {job_id} {STOPPED}")
+        return 1
     why = f": {first_line(Exception(info.message))}" if info.message else ""
-    verb = {"FAILED": "failed", "STOPPED": "was stopped"}.get(status, f"is {status}")
-    log(f"Error: job {job_id} {verb}{why}")
+    got = " (its driver got SIGTERM)" if sigterm else ""
+    verb = "failed" if status == "FAILED" else f"is {status}"
+    log(f"Error: job {job_id} {verb}{why}{got}")
     return 1
 
 
@@ -205,7 +215,7 @@ def submit_cli(
     store: str,
     argv: list[str],
     wait: bool = True,
-    log: Callable[[str], None] = _say,
+    log: Callable[[str], None] = say,
 ) -> int:
     """What `--address http://...` does for `submit train` and `evaluate`; the exit code."""
     check_shared_store(store)
@@ -228,7 +238,7 @@ def submit_cli(
     except Exception as exc:  # the log stream broke: the status below still says how it ended
         log(f"Log stream of job {job_id} ended early ({first_line(exc)}).")
     split.close()
-    return outcome(final_status(c, address, job_id), job_id, log)
+    return outcome(final_status(c, address, job_id), job_id, log, split.sigterm)
 
 
 # ---- mnist-ray jobs status|logs|stop ----------------------------------------------------------
@@ -294,6 +304,10 @@ def logs(
     if not follow_:
         split.feed(_call(address, f"job {job_id}", c.get_job_logs, job_id))
         split.close()
+        if split.sigterm:  # the log ends in Ray's stack dump: say why instead
+            info = _call(address, f"job {job_id}", c.get_job_info, job_id)
+            stopped = str(info.status) == "STOPPED"
+            say(f"Job {job_id} {STOPPED if stopped else 'got SIGTERM'}.")
         return
     # a missing job: one line here, not a websocket error below
     _call(address, f"job {job_id}", c.get_job_info, job_id)
@@ -304,7 +318,7 @@ def logs(
         raise typer.Exit(130) from None
     except Exception as exc:
         raise ClusterError(f"job {job_id}: log stream ended early ({first_line(exc)})") from None
-    raise typer.Exit(outcome(final_status(c, address, job_id), job_id, _say))
+    raise typer.Exit(outcome(final_status(c, address, job_id), job_id, say, split.sigterm))
 
 
 @app.command()

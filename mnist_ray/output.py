@@ -73,10 +73,23 @@ def cell(column: str, value) -> str:
     return str(value)
 
 
+# The columns a user copies from a table into the next command: never wrapped nor cut,
+# however narrow the terminal (the table grows wider than it instead).
+ID_COLUMNS = ("run_id", "eval_id", "sweep_id")
+
+
 def as_table(title: str, columns: list[str], rows: list[dict]) -> Table:
     table = Table(title=title, title_justify="left")
-    for c in columns:
-        table.add_column(c)  # the name --sort and --where take
-    for row in rows:
-        table.add_row(*(cell(c, row.get(c)) for c in columns))
+    cells = [[cell(c, row.get(c)) for c in columns] for row in rows]
+    for i, c in enumerate(columns):
+        add_column(table, c, [r[i] for r in cells])  # c: the name --sort and --where take
+    for r in cells:
+        table.add_row(*r)
     return table
+
+
+def add_column(table: Table, name: str, cells: list[str], **kwargs) -> None:
+    """A column of `table`; an id column at least as wide as its longest id."""
+    if name in ID_COLUMNS:
+        kwargs.update(no_wrap=True, min_width=max(map(len, [name, *cells])))
+    table.add_column(name, **kwargs)

@@ -1,21 +1,26 @@
-"""SQL over the store: DuckDB reads the row files into tables `runs` and `evaluations`.
+"""Reading the store: its rows, a run by id or prefix, and SQL, through DuckDB.
 
-    from mnist_ray.query import open_store
-    con, bad = open_store(Store("mnist-ray-store"))
-    con.sql("select run_id, lr from runs where lr < 0.1").fetchall()
+    from mnist_ray.query import find_run, read_rows, run_sql
+    store = Store("mnist-ray-store")
+    rows, bad = read_rows(store, "evaluations")  # every good row, oldest first; files that failed
+    run = find_run(store, "run-20261126")          # by id or unique prefix; None: the latest
+    table, bad = run_sql(store, "select run_id, lr from runs where lr < 0.1")
+    con, bad = open_store(store, ["runs"])         # the tables in DuckDB, for a module's own SQL
 
 A local store is read by DuckDB itself, one scan over the listed files: no union of
 schemas while every file has every column (the fast path), `union_by_name` when older
-files lack newer columns. An
-object store (s3://, gs://) is read through pyarrow's filesystem into Arrow tables that
-DuckDB then queries: DuckDB reaches S3 only through its httpfs extension, which it
-downloads on first use, and the build machines can't download it.
+files lack newer columns. An object store (s3://, gs://) is read through pyarrow's
+filesystem into Arrow tables that DuckDB then queries: DuckDB reaches S3 only through its
+httpfs extension, which it downloads on first use, and the build machines can't download it.
 
 Every table is read once into memory, so a command's queries see one snapshot. Rows are
 deduplicated by id, because `compact` writes its merged file before it deletes the files
 it merged: a reader that lists in between sees those rows twice. A file that vanishes
 while it is read was merged by `compact`, whose merged file already exists: the read
-starts over. A file that can't be read is named in `bad` and skipped, as Store.read does.
+starts over. A file that can't be read is named in `bad` and skipped.
+
+A user's SQL (`run_sql`) only reads: it runs over read-only Arrow views of the tables, in
+a DuckDB that may touch no file, load no extension and change no setting.
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mnist_ray.config import first_line
-from mnist_ray.store import KEYS, OPTIONAL, SCHEMAS, Store, StoreError
+from mnist_ray.config import check_id, first_line
+from mnist_ray.schema import KEYS, OPTIONAL, SCHEMAS
+from mnist_ray.store import Store, StoreError
 
 TABLES = tuple(SCHEMAS)
 ATTEMPTS = 20  # re-reads after a file vanished under a compaction, or a bad file was found
@@ -40,7 +46,17 @@ Bad = list[tuple[str, str]]
 
 
 class QueryError(StoreError):
-    """The SQL is wrong; the message is DuckDB's first line."""
+    """A query's input is wrong: `about` names it as the user gave it (`--where`, `--sort`,
+    `SQL`), `message` says what is wrong with it."""
+
+    def __init__(self, about: str, message: str):
+        super().__init__(f"{about}: {message}")
+        self.about = about
+        self.message = message
+
+
+class Vanished(Exception):
+    """A listed file was deleted before it was read (a compaction merged it)."""
 
 
 def duck_type(t: pa.DataType) -> str:
@@ -118,16 +134,12 @@ def load(
             bad += _drop_incomplete(con, store, table)
             _dedupe(con, table)
             return bad
-        except _Vanished:
+        except Vanished:
             if files is not None:
                 raise
         except _BadFile as exc:
             bad.append((store.uri(exc.relpath), exc.problem))
     raise StoreError(f"{store.uri(table)}: files kept changing while being read; try again")
-
-
-class _Vanished(Exception):
-    """A listed file was deleted before it was read (a compaction merged it)."""
 
 
 class _BadFile(Exception):
@@ -167,7 +179,7 @@ def _explain(exc: duckdb.Error, store: Store, relpaths: list[str]) -> None:
     named = [by_path[p] for p in re.findall(r"[\"']([^\"']+)[\"']", message) if p in by_path]
     for relpath in named:
         if not os.path.exists(store.path(relpath)):
-            raise _Vanished() from None
+            raise Vanished() from None
     if named:
         raise _BadFile(named[-1], first_line(exc)) from None
     # No file named: find it the slow way, one footer at a time.
@@ -175,7 +187,7 @@ def _explain(exc: duckdb.Error, store: Store, relpaths: list[str]) -> None:
         try:
             pq.read_schema(store.path(relpath))
         except FileNotFoundError:
-            raise _Vanished() from None
+            raise Vanished() from None
         except (OSError, pa.ArrowException) as bad:
             raise _BadFile(relpath, first_line(bad)) from None
     raise StoreError(f"{store.uri(relpaths[0].split('/')[0])}: {first_line(exc)}") from None
@@ -206,7 +218,7 @@ def _remote_scan(con, store: Store, relpaths: list[str], table: str, bad: Bad):
     with ThreadPoolExecutor(READ_THREADS) as pool:
         parts = list(pool.map(read, relpaths))
     if "vanished" in parts:
-        raise _Vanished()
+        raise Vanished()
     for relpath, part in zip(relpaths, parts, strict=True):
         if isinstance(part, str):
             bad.append((store.uri(relpath), part))
@@ -291,25 +303,114 @@ def _dedupe(con, table: str) -> None:
 
 
 def rows(con, table: str) -> list[dict]:
-    """A loaded table as dicts, oldest first (the order Store.read promises)."""
+    """A loaded table as dicts, oldest first (the order read_rows promises)."""
     order = f"created_at, {KEYS[table]}"
     return con.sql(f"SELECT * FROM {table} ORDER BY {order}").to_arrow_table().to_pylist()
 
 
 def read_rows(store: Store, table: str) -> tuple[list[dict], Bad]:
-    """Store.read through DuckDB: every good row, oldest first, and the bad files."""
+    """Every good row of a table, oldest first, one per id (older files' missing columns
+    as null), and (file, problem) for each bad file."""
     con = connect()
     bad = load(con, store, table, SCHEMAS[table].names)
     return rows(con, table), bad
 
 
+# ---- one row by id ------------------------------------------------------------------------------
+
+
+def matching(rows: list[dict], key: str, wanted: str) -> list[dict]:
+    """The prefix rule: the row whose id is `wanted` or, failing that, every row whose id
+    starts with it."""
+    return [r for r in rows if r[key] == wanted] or [r for r in rows if r[key].startswith(wanted)]
+
+
+def find(
+    store: Store, table: str, wanted: str | None, about: str, rows: list[dict] | None = None
+) -> dict:
+    """The one row `wanted` names (see `matching`); the latest row when wanted is None.
+    `about` is the option or argument the id came from, as the user typed it (`--run`,
+    `RUN`, `EVAL_ID`): errors name it. `rows` (oldest first) when the caller has read them."""
+    if rows is None:
+        rows, _ = read_rows(store, table)
+    what = table[:-1]  # "run", "evaluation"
+    if wanted is None:
+        if not rows:
+            first = "mnist-ray submit train" if table == "runs" else "mnist-ray evaluate"
+            raise StoreError(f"--store {store.location}: no {table} yet; make one with `{first}`")
+        return rows[-1]
+    check_id(wanted, about)
+    key = KEYS[table]
+    hits = matching(rows, key, wanted)
+    if len(hits) == 1:
+        return hits[0]
+    if not hits:
+        held = "see `mnist-ray results`" if rows else f"it holds no {table} yet"
+        raise StoreError(f"{about} {wanted}: no such {what} in {store.location}; {held}")
+    ids = ", ".join(r[key] for r in hits[:5]) + (", ..." if len(hits) > 5 else "")
+    raise StoreError(f"{about} {wanted}: matches {len(hits)} {table} ({ids}); give more of the id")
+
+
+def find_run(
+    store: Store, run: str | None, runs: list[dict] | None = None, about: str = "--run"
+) -> dict:
+    """The run with this id (or unique id prefix), or the latest run when run is None."""
+    return find(store, "runs", run, about, runs)
+
+
+# ---- the user's SQL, read-only ----------------------------------------------------------------
+
+# SELECT covers DESCRIBE, SHOW and SUMMARIZE too: DuckDB plans them as one.
+READ_ONLY = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+SEALED = [
+    "temp_directory = ''",  # a large sort fails rather than spilling files into the cwd
+    "python_enable_replacements = false",  # no Python variable is a table
+    "autoinstall_known_extensions = false",
+    "autoload_known_extensions = false",
+    "enable_external_access = false",  # no file, URL, ATTACH, COPY or extension
+    "lock_configuration = true",  # and no SET that undoes the above
+]
+
+
 def run_sql(store: Store, sql: str) -> tuple[pa.Table, Bad]:
-    """The user's SQL over views of the store's tables (only the tables it names are read)."""
+    """The user's SQL over the store's tables (only the tables it names are read). Only a
+    query that reads is run: a statement that would write, attach or change anything, or a
+    read of a file, is a StoreError naming it; SQL that DuckDB can't run is a QueryError."""
+    try:
+        with duckdb.connect() as parser:
+            kinds = [s.type for s in parser.extract_statements(sql)]
+    except duckdb.Error as exc:
+        raise QueryError("SQL", first_line(exc)) from None
+    if refused := [k.name for k in kinds if k not in READ_ONLY]:
+        raise StoreError(
+            f"SQL: {refused[0]} refused; `mnist-ray query` only reads "
+            "(SELECT, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN)"
+        )
+    if len(kinds) != 1:
+        raise QueryError("SQL", f"one statement, not {len(kinds)}")
+    store.check_exists()  # a mistyped path is said so, not taken for an empty store
     wanted = [t for t in TABLES if re.search(rf"\b{t}\b", sql, re.IGNORECASE)]
-    con, bad = open_store(store, wanted)
+    con, bad = _sealed(store, wanted)
     try:
         return con.sql(sql).to_arrow_table(), bad
+    except duckdb.PermissionException as exc:
+        raise StoreError(
+            f"SQL: refused; `mnist-ray query` reads the tables {', '.join(TABLES)} and no "
+            f"file ({first_line(exc)})"
+        ) from None
     except duckdb.Error as exc:
-        raise QueryError(f"query: {first_line(exc)}") from None
-    except AttributeError:  # a statement with no result (e.g. SET): nothing to print
-        return pa.table({}), bad
+        raise QueryError("SQL", first_line(exc)) from None
+
+
+def _sealed(store: Store, tables: list[str]) -> tuple[duckdb.DuckDBPyConnection, Bad]:
+    """A new database holding the tables as views of Arrow data, which no statement can
+    change (a DELETE inside a WITH is refused too), sealed by SEALED."""
+    loaded, bad = open_store(store, tables)
+    arrow = {t: loaded.sql(f"SELECT * FROM {t}").to_arrow_table() for t in tables}
+    loaded.close()  # the Arrow copies are all that is kept
+    con = connect()
+    for name, table in arrow.items():
+        con.register(name, table)
+    for setting in SEALED:
+        con.execute(f"SET {setting}")
+    return con, bad

@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from mnist_ray import output
 from mnist_ray.compare import PARAMS, RUN_READ, differing
-from mnist_ray.query import open_store
+from mnist_ray.query import find_run, matching, open_store
 from mnist_ray.store import Store, StoreError
 
 LATEST = 20  # runs in a report when none are named: enough to compare, few enough to read
@@ -43,7 +43,7 @@ def build(
         raise StoreError(f"--store {store.location}: no runs yet; train one first")
     if run_ids:
         known = [{"run_id": r} for r in ids]
-        ids = [store.find_run(r, runs=known)["run_id"] for r in run_ids]
+        ids = [find_run(store, r, runs=known, about="RUN")["run_id"] for r in run_ids]
     else:
         ids = ids[-LATEST:]
     con.register("chosen", pa.table({"run_id": pa.array(ids, pa.string())}))
@@ -70,9 +70,7 @@ def _rows(con, table: str, where: str = "true") -> list[dict]:
 def _pick_eval(evals: list[dict], eval_id: str | None) -> dict | None:
     if eval_id is None:
         return evals[-1] if evals else None
-    hits = [e for e in evals if e["eval_id"] == eval_id] or [
-        e for e in evals if e["eval_id"].startswith(eval_id)
-    ]
+    hits = matching(evals, "eval_id", eval_id)
     if len(hits) != 1:
         what = "no evaluation" if not hits else f"{len(hits)} evaluations match"
         raise StoreError(f"--eval {eval_id}: {what} of the chosen runs; see `mnist-ray results`")

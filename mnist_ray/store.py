@@ -1,8 +1,10 @@
-"""The result store: Parquet rows and safetensors weights in a folder or object-store URI.
+"""The result store: paths, bytes, Parquet rows and safetensors weights, in a folder or an
+object-store URI. Reading rows back is a query (mnist_ray/query.py).
 
     from mnist_ray.store import Store
     store = Store("mnist-ray-store")             # or "s3://bucket/prefix", "file:///data/x"
-    rows, bad = store.read("evaluations")         # every good row, and the files that failed
+    store.write_row("runs", row)                  # one row, one new file
+    uri, sha256 = store.write_weights(run_id, weights)
 
 Layout, readable by any Parquet reader (pyarrow.dataset, pandas, DuckDB, Spark):
 
@@ -10,7 +12,7 @@ Layout, readable by any Parquet reader (pyarrow.dataset, pandas, DuckDB, Spark):
     <store>/evaluations/<eval_id>.parquet         one row per evaluation
     <store>/weights/<run_id>.safetensors          the trained weights, no pickle
     <store>/sweeps/<sweep_id>.parquet             one row per sweep: definition, status, best
-    <store>/checkpoints/<run_id>/epoch-NNNN.safetensors   per-epoch state while training
+    <store>/checkpoints/<run_id>/epoch-00000003.safetensors   state while training (8 digits)
 
 Every file is written under a temporary name starting with '.' and then moved to its
 final, unique name, so concurrent writers never collide and readers never see half a
@@ -32,89 +34,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from mnist_ray.config import WEIGHT_SHAPES, check_id, first_line
+from mnist_ray.schema import KEYS, SCHEMAS
 
 DEFAULT_STORE = "mnist-ray-store"  # a folder in the current directory
-
-RUNS = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("created_at", pa.timestamp("us", tz="UTC")),
-        ("dataset", pa.string()),
-        ("epochs", pa.int32()),
-        ("batch_size", pa.int32()),
-        ("lr", pa.float64()),
-        ("seed", pa.int64()),
-        ("device", pa.string()),  # what torch trained on, e.g. "cuda:0 (NVIDIA H100 ...)"
-        ("node_id", pa.string()),  # the Ray node the training task ran on
-        ("hostname", pa.string()),
-        ("gpu_ids", pa.list_(pa.int32())),  # what Ray assigned to the task
-        ("cuda_graph", pa.bool_()),
-        ("epoch_costs", pa.list_(pa.float64())),
-        ("train_seconds", pa.float64()),
-        ("attempts", pa.int32()),  # 1, or more when Ray retried the task and it resumed
-        ("weights_uri", pa.string()),
-        ("weights_sha256", pa.string()),
-        ("torch_version", pa.string()),
-        ("ray_version", pa.string()),
-        ("peak_rss_mib", pa.float64()),  # the training task's process, at its peak
-        ("gpu_peak_mib", pa.float64()),  # torch's peak allocation on the GPU; null on a CPU
-        ("sweep_id", pa.string()),  # the sweep this run was a trial of; null for a single run
-    ]
-)
-
-EVALUATIONS = pa.schema(
-    [
-        ("eval_id", pa.string()),
-        ("run_id", pa.string()),
-        ("created_at", pa.timestamp("us", tz="UTC")),
-        ("dataset", pa.string()),
-        ("shards", pa.int32()),
-        ("accuracy", pa.float64()),
-        ("correct", pa.int64()),
-        ("total", pa.int64()),
-        ("per_class_accuracy", pa.list_(pa.float64())),
-        ("confusion", pa.list_(pa.int64())),  # 10x10, row-major, row = true label
-        ("sample_index", pa.int32()),
-        ("sample_label", pa.int32()),
-        ("sample_prediction", pa.int32()),
-        ("sample_probabilities", pa.list_(pa.float64())),
-        ("sample_pixels", pa.list_(pa.uint8())),  # 28x28, row-major, 0..255
-        ("eval_seconds", pa.float64()),
-        ("node_ids", pa.list_(pa.string())),  # the Ray nodes the shards ran on
-        ("shard_peak_rss_mib", pa.float64()),  # the largest shard task's process, at its peak
-        # The first 25 misclassified test images, in test-set order (the report's grid):
-        ("misclassified_index", pa.list_(pa.int32())),
-        ("misclassified_label", pa.list_(pa.int32())),
-        ("misclassified_prediction", pa.list_(pa.int32())),
-        # Each image its 784 bytes, 28x28 row-major: a byte string per image reads and
-        # writes many times faster than a list of 784 numbers.
-        ("misclassified_pixels", pa.list_(pa.binary())),
-    ]
-)
-
-SWEEPS = pa.schema(
-    [
-        ("sweep_id", pa.string()),
-        ("created_at", pa.timestamp("us", tz="UTC")),
-        ("updated_at", pa.timestamp("us", tz="UTC")),  # the row is rewritten as the sweep goes
-        ("status", pa.string()),  # running, finished, interrupted, failed
-        ("definition", pa.string()),  # JSON: what was asked (lists, ranges, resources, ...)
-        ("trial_ids", pa.list_(pa.string())),  # every trial's run_id, in order
-        ("trial_params", pa.list_(pa.string())),  # JSON: each trial's TrainConfig
-        ("finished", pa.list_(pa.string())),  # run_ids with a run row
-        ("stopped", pa.list_(pa.string())),  # run_ids ended early by the scheduler (ASHA)
-        ("failed", pa.list_(pa.string())),  # "run_id: cause", one per failed trial
-        ("best_run_id", pa.string()),  # lowest final cost among the finished trials
-        ("best_cost", pa.float64()),
-        ("wall_seconds", pa.float64()),  # this invocation's Tune experiment, start to end
-    ]
-)
-
-SCHEMAS = {"runs": RUNS, "evaluations": EVALUATIONS, "sweeps": SWEEPS}
-KEYS = {"runs": "run_id", "evaluations": "eval_id", "sweeps": "sweep_id"}
-# Columns added after the first release: read as null from files written before them.
-OPTIONAL = {"peak_rss_mib", "gpu_peak_mib", "shard_peak_rss_mib", "sweep_id"}
-OPTIONAL |= {f"misclassified_{c}" for c in ("index", "label", "prediction", "pixels")}
 
 
 class StoreError(RuntimeError):
@@ -228,49 +150,6 @@ class Store:
             and i.base_name.endswith(suffix)
         ]
         return [f"{folder}/{n}" for n in sorted(names)]
-
-    def read(self, table: str) -> tuple[list[dict], list[tuple[str, str]]]:
-        """Every good row of a table, oldest first, and (file, problem) for each bad file.
-        DuckDB reads them (mnist_ray/query.py): one row per id, older files' missing
-        columns as null."""
-        from mnist_ray.query import read_rows  # imports this module
-
-        return read_rows(self, table)
-
-    def find_run(self, run: str | None, runs: list[dict] | None = None) -> dict:
-        """The run with this id (or unique id prefix), or the latest run when run is None;
-        among `runs` (oldest first) when the caller has read them already."""
-        return self.find("runs", run, "--run", runs)
-
-    def find(
-        self, table: str, wanted: str | None, option: str, rows: list[dict] | None = None
-    ) -> dict:
-        """The row whose id is `wanted` or, failing that, the one row whose id starts with
-        it; the latest row when wanted is None. Several matches are refused, listed."""
-        if rows is None:
-            rows, _ = self.read(table)
-        what = table[:-1]  # "run", "evaluation"
-        if wanted is None:
-            if not rows:
-                first = "mnist-ray submit train" if table == "runs" else "mnist-ray evaluate"
-                raise StoreError(
-                    f"--store {self.location}: no {table} yet; make one with `{first}`"
-                )
-            return rows[-1]
-        check_id(wanted, option)
-        key = KEYS[table]
-        hits = [r for r in rows if r[key] == wanted] or [
-            r for r in rows if r[key].startswith(wanted)
-        ]
-        if len(hits) == 1:
-            return hits[0]
-        if not hits:
-            held = "see `mnist-ray results`" if rows else f"it holds no {table} yet"
-            raise StoreError(f"{option} {wanted}: no such {what} in {self.location}; {held}")
-        ids = ", ".join(r[key] for r in hits[:5]) + (", ..." if len(hits) > 5 else "")
-        raise StoreError(
-            f"{option} {wanted}: matches {len(hits)} {table} ({ids}); give more of the id"
-        )
 
     def check_exists(self) -> None:
         """For commands that only read: a store that isn't there is a mistyped path, not an

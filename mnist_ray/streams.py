@@ -13,6 +13,8 @@ stderr, and a worker-died notice becomes one line.
 Through the Jobs API the job's stdout and stderr arrive as one log; the client gives the
 job a nonce (an environment variable of that job alone), the job prefixes each result line
 with it, and the client sends those lines, unprefixed, to stdout and the rest to stderr.
+The stack dump Ray's driver prints when a stop request SIGTERMs it is left out (the
+client says how the job ended, in its own words, from the job's status).
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ from contextlib import contextmanager
 NONCE_VAR = "MNIST_RAY_RESULT_NONCE"  # set by the client in the job's runtime_env
 MARKER = re.compile(r"^mnist-ray-result-([0-9a-f]{16}) ")  # what a framed line starts with
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# Ray's driver, on SIGTERM (`jobs stop`), prints a stack dump twice: as is, then through its
+# logger (`[2026-01-01 10:00:00,000 E 123 123] logging.cc:474: ` before each line).
+_RAY_LOG = r"(?:\[[^\]]*\] logging\.cc:\d+: )?"
+_SIGTERM_DUMP = re.compile(_RAY_LOG + r"\*\*\* SIGTERM received at time=\d+.*\*\*\*\s*$")
+_DUMP_FRAME = re.compile(_RAY_LOG + r"(?:PC: )?\s*@\s+0x[0-9a-f]+\b.*$")
 
 
 def new_nonce() -> str:
@@ -141,10 +148,13 @@ def install_result_marker() -> None:
 
 class LogSplitter:
     """Feed it the job's log in chunks of any size; lines framed by `nonce` (any nonce when
-    None) go to `out` without the frame, every other line to `err`."""
+    None) go to `out` without the frame, every other line to `err`, except Ray's SIGTERM
+    stack dump: `sigterm` then says that the driver got one."""
 
     def __init__(self, out, err, nonce: str | None = None):
         self.out, self.err, self.nonce, self.pending = out, err, nonce, ""
+        self.sigterm = False
+        self._in_dump = False  # the frame lines that follow a dump's first line
 
     def feed(self, chunk: str) -> None:
         self.pending += chunk
@@ -158,6 +168,10 @@ class LogSplitter:
             self.pending = ""
 
     def _line(self, line: str) -> None:
+        if _SIGTERM_DUMP.match(line) or (self._in_dump and _DUMP_FRAME.match(line)):
+            self.sigterm = self._in_dump = True
+            return
+        self._in_dump = False
         framed = MARKER.match(line)
         if framed and (self.nonce is None or framed.group(1) == self.nonce):
             self.out.write(line[framed.end() :] + "\n")

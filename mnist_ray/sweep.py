@@ -26,33 +26,33 @@ import itertools
 import json
 import math
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import numpy as np
+import pyarrow.fs as pafs
 
-from mnist_ray import checkpoints
+from mnist_ray import checkpoints, data
 from mnist_ray.config import (
     CHECKPOINT_EVERY,
+    RETRIES,
     ConfigError,
     EvalConfig,
     TrainConfig,
     check_id,
     first_line,
 )
+from mnist_ray.errors import ClusterError
+from mnist_ray.output import say
+from mnist_ray.query import read_rows
 from mnist_ray.store import Store, StoreError, new_id, now
 
 PARAMS = ("lr", "batch_size", "seed")  # what a sweep varies; epochs and dataset are one value
 OPTIONS = {"lr": "--lr", "batch_size": "--batch-size", "seed": "--seed"}
 MAX_TRIALS = 10_000  # a typo like --seed 1..100000 with --samples must not plan forever
-RETRIES = 3  # Tune restarts a trial whose worker died, this many times (as cluster.RETRIES)
 DEFAULT_GPU_SHARE = 0.25  # --gpus-per-trial when the cluster has a GPU: four trials per GPU
-
-
-def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 # ---- what to try: parsing and planning (no Ray) -------------------------------------------------
@@ -85,18 +85,18 @@ def parse_values(name: str, text: str) -> list | dict:
 
 
 def definition(
-    lr: str = "0.1",
-    batch_size: str = "100",
-    seed: str = "777",
-    epochs: int = 15,
-    dataset: str = "mnist",
+    lr: str = str(TrainConfig.lr),  # a single run's defaults: one trial is the tutorial's run
+    batch_size: str = str(TrainConfig.batch_size),
+    seed: str = str(TrainConfig.seed),
+    epochs: int = TrainConfig.epochs,
+    dataset: str = TrainConfig.dataset,
     samples: int = 1,
     search_seed: int = 0,
     early_stop: bool = False,
     gpus_per_trial: float | None = None,
     cpus_per_trial: float = 1.0,
     evaluate: bool = False,
-    shards: int = 4,
+    shards: int = EvalConfig.shards,
     checkpoint_every: float = CHECKPOINT_EVERY,
 ) -> dict:
     """What the user asked for, checked, as a JSON-able dict (kept in the sweep row)."""
@@ -154,6 +154,20 @@ def _draw(rng: np.random.Generator, name: str, low, high):
     return int(rng.integers(low, high, endpoint=True))
 
 
+def new_sweep(spec: dict) -> dict:
+    """A sweep as its row starts: its id and its trials, planned (what --resume reads back)."""
+    sweep_id = new_id("sweep")
+    trials = plan(spec, sweep_id)
+    return {
+        "sweep_id": sweep_id,
+        "created_at": now(),
+        "definition": json.dumps(spec),
+        "trial_ids": [run_id for run_id, _ in trials],
+        "trial_params": [json.dumps(cfg.to_dict()) for _, cfg in trials],
+        "stopped": [],
+    }
+
+
 # ---- one trial, inside a Tune trial actor -------------------------------------------------------
 
 
@@ -199,40 +213,24 @@ def run_sweep(
     address: str | None,
     data_dir=None,
     resume: str | None = None,
-    log: Callable[[str], None] = _say,
+    log: Callable[[str], None] = say,
 ) -> dict:
     """Run a sweep (or the missing trials of sweep `resume`) and return its summary: the
     sweep row plus the leaderboard. Ctrl-C ends every trial; the sweep row says so."""
-    from mnist_ray import data
-
-    if resume is not None:
-        row = load_sweep(store, resume)
-        spec, sweep_id = json.loads(row["definition"]), row["sweep_id"]
-        trials = [
-            (run_id, TrainConfig(**json.loads(p)))
-            for run_id, p in zip(row["trial_ids"], row["trial_params"], strict=True)
-        ]
-        created, stopped_before = row["created_at"], row["stopped"]
-    else:
-        sweep_id, created, stopped_before = new_id("sweep"), now(), []
-        trials = plan(spec, sweep_id)
+    sweep = load_sweep(store, resume) if resume is not None else new_sweep(spec)
+    spec, sweep_id = json.loads(sweep["definition"]), sweep["sweep_id"]
     store.check_writable()
     # A trial the scheduler stopped stays stopped; a failed or interrupted one runs again.
-    done = {r["run_id"] for r in sweep_runs(store, sweep_id)} | set(stopped_before)
-    todo = [(run_id, cfg) for run_id, cfg in trials if run_id not in done]
+    done = {r["run_id"] for r in sweep_runs(store, sweep_id)} | set(sweep["stopped"])
+    trials = zip(sweep["trial_ids"], sweep["trial_params"], strict=True)
+    todo = [(run_id, TrainConfig(**json.loads(p))) for run_id, p in trials if run_id not in done]
     images, labels = data.load(spec["dataset"], "train", data_dir)
+    total = len(sweep["trial_ids"])
     if resume is not None:
-        log(f"Resuming sweep {sweep_id}: {len(todo)} of {len(trials)} trials have no run yet.")
+        log(f"Resuming sweep {sweep_id}: {len(todo)} of {total} trials have no run yet.")
     else:
-        log(f"Sweep {sweep_id}: {len(trials)} trial(s) of {spec['epochs']} epoch(s).")
-    sweep = {
-        "sweep_id": sweep_id,
-        "created_at": created,
-        "definition": json.dumps(spec),
-        "trial_ids": [run_id for run_id, _ in trials],
-        "trial_params": [json.dumps(cfg.to_dict()) for _, cfg in trials],
-    }
-    _write_sweep(store, sweep, "running", [], stopped_before, 0.0)
+        log(f"Sweep {sweep_id}: {total} trial(s) of {spec['epochs']} epoch(s).")
+    _write_sweep(store, sweep, "running", 0.0)
     from mnist_ray.cluster import connect
 
     started = time.perf_counter()
@@ -243,11 +241,10 @@ def run_sweep(
                 _evaluate(store, sweep_id, spec, data_dir, log)
     except BaseException as exc:  # the row says how it ended; trials that finished keep runs
         how = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        _write_sweep(store, sweep, how, [], stopped_before, time.perf_counter() - started)
+        _write_sweep(store, sweep, how, time.perf_counter() - started)
         raise
-    stopped = stopped_before + stopped
     seconds = time.perf_counter() - started
-    row, runs = _write_sweep(store, sweep, "finished", failed, stopped, seconds)
+    row, runs = _write_sweep(store, sweep, "finished", seconds, failed, stopped)
     return {**row, **leaderboard(store, row, runs)}
 
 
@@ -255,8 +252,6 @@ def gpu_share(spec: dict, log: Callable[[str], None]) -> float:
     """--gpus-per-trial against what the cluster has: the default is a quarter GPU where
     there is a GPU, else CPU trials; a GPU share on a cluster without one fails at once."""
     import ray
-
-    from mnist_ray.errors import ClusterError
 
     have = ray.cluster_resources()
     asked = spec["gpus_per_trial"]
@@ -346,10 +341,6 @@ def _trial_name(t) -> str:
 def _experiment_dir(store: Store):
     """Tune's experiment state: under a local store, else a temp folder removed afterwards;
     never ~/ray_results."""
-    from contextlib import nullcontext
-
-    import pyarrow.fs as pafs
-
     if isinstance(store.fs, pafs.LocalFileSystem):
         return nullcontext(store.path("tune"))
     return tempfile.TemporaryDirectory(prefix="mnist-ray-tune-")
@@ -364,21 +355,13 @@ def _progress(total: int):
         ended = 0
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            self._end(trial)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self._end(trial)
-
-        def _end(self, trial) -> None:
             self.ended += 1
             last = trial.last_result or {}
-            cost = last.get("cost")
-            what = (
-                f"epoch {last.get('epoch')}, cost {cost:.9f}"
-                if cost is not None and math.isfinite(cost)
-                else "failed"
-            )
-            _say(f"Trials ended: {self.ended}/{total} ({_trial_name(trial)}: {what})")
+            cost = last.get("cost", math.inf)
+            what = f"epoch {last['epoch']}, cost {cost:.9f}" if math.isfinite(cost) else "failed"
+            say(f"Trials ended: {self.ended}/{total} ({_trial_name(trial)}: {what})")
+
+        on_trial_error = on_trial_complete  # a trial that failed has ended too
 
     return Progress()
 
@@ -388,10 +371,9 @@ def _progress(total: int):
 
 def _evaluate(store: Store, sweep_id: str, spec: dict, data_dir, log) -> None:
     """Every trial run without an evaluation, on the sharded evaluator; one row each."""
-    from mnist_ray import data
     from mnist_ray.cluster import evaluate_and_store
 
-    evaluated = {e["run_id"] for e in store.read("evaluations")[0]}
+    evaluated = {e["run_id"] for e in read_rows(store, "evaluations")[0]}
     runs = [r for r in sweep_runs(store, sweep_id) if r["run_id"] not in evaluated]
     if not runs:
         return
@@ -406,20 +388,20 @@ def _evaluate(store: Store, sweep_id: str, spec: dict, data_dir, log) -> None:
 
 
 def sweep_runs(store: Store, sweep_id: str) -> list[dict]:
-    return [r for r in store.read("runs")[0] if r.get("sweep_id") == sweep_id]
+    return [r for r in read_rows(store, "runs")[0] if r.get("sweep_id") == sweep_id]
 
 
 def load_sweep(store: Store, sweep_id: str) -> dict:
     check_id(sweep_id, "--resume")
-    rows = [r for r in store.read("sweeps")[0] if r["sweep_id"] == sweep_id]
+    rows = [r for r in read_rows(store, "sweeps")[0] if r["sweep_id"] == sweep_id]
     if not rows:
         raise StoreError(f"--resume {sweep_id}: no such sweep in {store.location}")
     return rows[0]
 
 
-def _write_sweep(store, sweep, status, failed, stopped, seconds) -> tuple[dict, dict]:
-    """Write the sweep row as it stands (rewritten in place); returns it and the sweep's
-    runs by id, for the leaderboard of a sweep that ended."""
+def _write_sweep(store, sweep, status, seconds, failed=(), stopped=()) -> tuple[dict, dict]:
+    """Write the sweep row as it stands (rewritten in place), `stopped` added to the trials
+    stopped before; returns it and the sweep's runs by id, for the leaderboard."""
     runs = {r["run_id"]: r for r in sweep_runs(store, sweep["sweep_id"])}
     finished = [t for t in sweep["trial_ids"] if t in runs]
     best = min(finished, key=lambda t: runs[t]["epoch_costs"][-1], default=None)
@@ -428,8 +410,8 @@ def _write_sweep(store, sweep, status, failed, stopped, seconds) -> tuple[dict, 
         "updated_at": now(),
         "status": status,
         "finished": finished,
-        "stopped": stopped,
-        "failed": failed,
+        "stopped": [*sweep["stopped"], *stopped],
+        "failed": list(failed),
         "best_run_id": best,
         "best_cost": runs[best]["epoch_costs"][-1] if best else None,
         "wall_seconds": seconds,
@@ -443,32 +425,26 @@ def leaderboard(store: Store, sweep: dict, runs: dict[str, dict]) -> dict:
     parameters that vary across them."""
     params = [json.loads(p) for p in sweep["trial_params"]]
     varying = [n for n in PARAMS if len({p[n] for p in params}) > 1]
-    accuracy = {e["run_id"]: e["accuracy"] for e in store.read("evaluations")[0]}
+    accuracy = {e["run_id"]: e["accuracy"] for e in read_rows(store, "evaluations")[0]}
     failed = dict(f.split(": ", 1) for f in sweep["failed"])
+    status = dict.fromkeys(sweep["trial_ids"], "missing")  # each later one wins
+    status |= dict.fromkeys(sweep["stopped"], "stopped")
+    status |= dict.fromkeys(failed, "failed") | dict.fromkeys(runs, "finished")
     rows = []
     for run_id, p in zip(sweep["trial_ids"], params, strict=True):
-        run = runs.get(run_id)
-        status = (
-            "finished"
-            if run
-            else "failed"
-            if run_id in failed
-            else "stopped"
-            if run_id in sweep["stopped"]
-            else "missing"
-        )
+        run = runs.get(run_id, {})
         rows.append(
             {
                 "run_id": run_id,
                 **{n: p[n] for n in PARAMS},
-                "status": status,
+                "status": status[run_id],
                 "final_cost": run["epoch_costs"][-1] if run else None,
-                "train_seconds": run["train_seconds"] if run else None,
-                "peak_rss_mib": run["peak_rss_mib"] if run else None,
+                "train_seconds": run.get("train_seconds"),
+                "peak_rss_mib": run.get("peak_rss_mib"),
                 "accuracy": accuracy.get(run_id),
                 "error": failed.get(run_id),
             }
         )
-    order = {"finished": 0, "stopped": 1, "failed": 2, "missing": 3}
-    rows.sort(key=lambda r: (order[r["status"]], r["final_cost"] or 0.0))
+    order = ("finished", "stopped", "failed", "missing")
+    rows.sort(key=lambda r: (order.index(r["status"]), r["final_cost"] or 0.0))
     return {"varying": varying, "trials": rows}

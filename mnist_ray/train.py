@@ -169,9 +169,7 @@ class Training:
         self.y = _tensor(labels).to(device, torch.int64)
         self.steps = n // cfg.batch_size  # drop_last: the tutorial's total_batch
         if self.steps == 0:
-            raise ValueError(
-                f"--batch-size {cfg.batch_size} is larger than the {n} training images"
-            )
+            raise ValueError(f"batch_size {cfg.batch_size} is larger than the {n} training images")
         self.params = list(self.model.parameters())
         graphed = device.type == "cuda" and cuda_graph
         self.optimizer = make_optimizer(cfg, self.params, capturable=graphed)

@@ -3,31 +3,53 @@
     from mnist_ray.ui import err, friendly
     err.print("progress goes to stderr")     # results go to stdout (`out`, or print)
 
-Used by cli.py and jobs.py alike, so neither imports the other for it.
+    @app.command()
+    @friendly("evaluate")                    # the command as a user types it
+    def evaluate(...): ...
+
+Used by cli.py and jobs.py alike, so neither imports the other for it; the options several
+commands take (`StoreOpt`, `AddressOpt`, ...) are defined here once for the same reason.
 """
 
 from __future__ import annotations
 
 import functools
-import sys
+import math
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 
-from mnist_ray.config import ConfigError
+from mnist_ray.config import ConfigError, check_id
 from mnist_ray.data import DataError
 from mnist_ray.errors import ClusterError
-from mnist_ray.output import as_json as to_json  # noqa: F401 - one JSON printer
 from mnist_ray.store import StoreError
 
-# Piped output gets wide lines rather than tables folded to rich's 80-column default.
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+PIPE_WIDTH = 160  # stdout that is no terminal, without COLUMNS: wide lines, not rich's 80
+
+
+class _Stdout(Console):
+    """stdout, measured at each print: COLUMNS when set, else the terminal's width, else
+    PIPE_WIDTH, so `results | cat` gets whole rows and `COLUMNS=100 ... | cat` is obeyed."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        if self.is_terminal or os.environ.get("COLUMNS", "").isdigit():
+            return size
+        return ConsoleDimensions(PIPE_WIDTH, size.height)
+
+
+out = _Stdout(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 # What Ctrl-C leaves behind, for the commands that run Ray tasks; others say "interrupted".
 INTERRUPTED = {
-    "submit_train": "the Ray tasks were cancelled and nothing was written.",
+    "submit train": "the Ray tasks were cancelled and nothing was written.",
     "evaluate": "the Ray tasks were cancelled and nothing was written.",
     "sweep": "every trial was stopped; finished trials keep their runs.",
 }
@@ -38,20 +60,116 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def friendly(fn):
-    """One idiom for failures: a user's mistake or a runtime failure is one line, no traceback."""
+def spelled(param: str, command) -> str:
+    """A parameter's name as `command` (a CLI function) spells it: `batch_size` is
+    `--batch-size`, `eval_id` is `EVAL_ID` for `show` and `--eval` for `report`. A name
+    already spelled as an option (`--samples`) or an argument (`EVAL_ID`) is kept."""
+    if param.startswith("-") or param.isupper():
+        return param
+    from typer.models import ArgumentInfo, OptionInfo
+    from typer.utils import get_params_from_function
 
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    meta = get_params_from_function(command).get(param)
+    info = meta.default if meta else None
+    if isinstance(info, ArgumentInfo):
+        return param.upper()  # as the messages name arguments: EVAL_ID, RUNS
+    if isinstance(info, OptionInfo):
+        named = [d for d in info.param_decls or () if d.startswith("--")]
+        if named:
+            return named[0]
+    return "--" + param.replace("_", "-")  # typer's own spelling of an unnamed option
+
+
+def friendly(command: str | None = None):
+    """One idiom for failures: a user's mistake or a runtime failure is one line, no traceback.
+    `command` is the command as a user types it (`submit train`): what Ctrl-C says after it."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except ConfigError as exc:
+                hint = f"'{spelled(exc.param, fn)}'"
+                raise typer.BadParameter(exc.message, param_hint=hint) from None
+            except (DataError, StoreError, ClusterError) as exc:
+                fail(str(exc))
+            except KeyboardInterrupt:  # not an error: the user asked to stop
+                left = INTERRUPTED.get(command)
+                err.print(f"interrupted: {left}" if left else "interrupted")
+                raise typer.Exit(130) from None
+
+        return wrapper
+
+    if callable(command):  # @friendly without a command: Ctrl-C says just "interrupted"
+        fn, command = command, None
+        return decorate(fn)
+    return decorate
+
+
+# ---- the options several commands take --------------------------------------------------------
+
+
+class Dataset(StrEnum):
+    mnist = "mnist"
+    fashion_mnist = "fashion-mnist"
+
+
+class Gpus(StrEnum):
+    auto = "auto"
+    none = "0"
+    one = "1"
+
+
+def positive_finite(value: float) -> float:
+    if not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"{value} must be a finite number above 0")
+    return value
+
+
+def valid_id(value: str | None) -> str | None:
+    if value is not None:
         try:
-            return fn(*args, **kwargs)
+            check_id(value)
         except ConfigError as exc:
-            raise typer.BadParameter(exc.message, param_hint=f"'{exc.option}'") from None
-        except (DataError, StoreError, ClusterError) as exc:
-            fail(str(exc))
-        except KeyboardInterrupt:  # not an error: the user asked to stop
-            left = INTERRUPTED.get(fn.__name__)
-            err.print(f"interrupted: {left}" if left else "interrupted")
-            raise typer.Exit(130) from None
+            raise typer.BadParameter(exc.message) from None
+    return value
 
-    return wrapper
+
+StoreOpt = Annotated[
+    str,
+    typer.Option(
+        "--store",
+        envvar="MNIST_RAY_STORE",
+        help="Result store: a folder or s3:// gs:// file:// URI.",
+    ),
+]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="Folder holding MNIST/raw/ (default: $MNIST_RAY_DATA, else "
+        "${XDG_CACHE_HOME:-~/.cache}/mnist-ray).",
+        file_okay=False,
+    ),
+]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        envvar="RAY_ADDRESS",
+        help="Ray cluster: auto, HOST:PORT, ray://HOST:10001, or http://HOST:8265 for the "
+        "Jobs API. Default: an embedded local Ray.",
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object to stdout.")]
+WaitOpt = Annotated[bool, typer.Option(help="With an http:// address: follow the job to its end.")]
+CheckpointEveryOpt = Annotated[
+    float,
+    typer.Option(
+        min=0,
+        max=86_400,
+        help="Seconds between checkpoints a retried worker resumes from; 0: every epoch.",
+    ),
+]
+CsvOpt = Annotated[bool, typer.Option("--csv", help="Print CSV (a header line, then rows).")]

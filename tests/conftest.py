@@ -1,8 +1,10 @@
 """Shared fixtures: the MNIST files, one local Ray for the session, a trained run.
 
 Tests read MNIST from $MNIST_RAY_DATA, else from ../shared/datasets beside the repo
-(the build machines have no internet); a laptop with internet can point
-MNIST_RAY_DATA at any folder and torchvision downloads the files there.
+(the build machines have no internet), else from mnist-ray's own default folder; where
+the files are missing, the data fixtures download them through torchvision, as the job
+does. Expected numbers come from tests/reference.py: the classic tutorial program and what
+it printed (docs/reference.md).
 
 The cluster side adds a multi-node Ray cluster started with `ray start` (ray_cli_cluster)
 and moto's S3 server (s3_server). The cluster binds 127.0.0.1 only, on ports chosen free at
@@ -34,18 +36,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from reference import TUTORIAL_COSTS  # noqa: F401 - the classic program's costs, for the tests
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "datasets"
 if not os.environ.get("MNIST_RAY_DATA") and (SHARED_DATA / "MNIST" / "raw").is_dir():
     os.environ["MNIST_RAY_DATA"] = str(SHARED_DATA)
-
-# The classic program's printed costs on these files (../shared/datasets/README.md).
-TUTORIAL_COSTS = [
-    0.535150588, 0.359577745, 0.331264257, 0.316404700, 0.307106972,
-    0.300456554, 0.294933408, 0.290956199, 0.287074089, 0.284515619,
-    0.281914055, 0.279526860, 0.277636588, 0.275874794, 0.274422765,
-]  # fmt: skip
 
 
 def pytest_collection_modifyitems(config, items):
@@ -62,12 +58,8 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def data_dir() -> Path:
-    return Path(os.environ["MNIST_RAY_DATA"])
-
-
-@pytest.fixture(scope="session")
 def mnist_train():
+    """The checked training arrays; torchvision downloads the files when they are missing."""
     from mnist_ray.data import load
 
     return load("mnist", "train")
@@ -78,6 +70,25 @@ def mnist_test():
     from mnist_ray.data import load
 
     return load("mnist", "test")
+
+
+@pytest.fixture(scope="session")
+def data_dir(mnist_train, mnist_test) -> Path:
+    """The folder holding MNIST/raw/ with its four files (the two fixtures above made sure)."""
+    from mnist_ray.data import data_root
+
+    return data_root().resolve()
+
+
+@pytest.fixture(scope="session")
+def tutorial_run(mnist_train):
+    """mnist-ray's training with the tutorial's settings, on the CPU: a TrainResult."""
+    import torch
+
+    from mnist_ray.config import TrainConfig
+    from mnist_ray.train import train
+
+    return train(TrainConfig(), *mnist_train, torch.device("cpu"), log=lambda _: None)
 
 
 def ensure_ray():
@@ -137,20 +148,10 @@ REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = str(Path(sys.executable).parent)  # where `ray` and `mnist-ray` live
 
 
-def datasets_dir() -> Path | None:
-    """../shared/datasets beside the repository (CI), else $MNIST_RAY_DATA."""
-    for candidate in (REPO.parent / "shared" / "datasets", os.environ.get("MNIST_RAY_DATA")):
-        if candidate and (Path(candidate) / "MNIST" / "raw").is_dir():
-            return Path(candidate).resolve()
-    return None
-
-
 @pytest.fixture(scope="session")
-def mnist_data() -> Path:
-    found = datasets_dir()
-    if found is None:
-        pytest.skip("MNIST files not found in ../shared/datasets or $MNIST_RAY_DATA")
-    return found
+def mnist_data(data_dir) -> Path:
+    """The MNIST folder for tests that hand it to subprocesses, containers and clusters."""
+    return data_dir
 
 
 def free_ports(n: int) -> list[int]:
@@ -381,7 +382,8 @@ def _pids_naming(text: str) -> list[int]:
 @pytest.fixture(scope="session")
 def s3_server():
     """moto's S3 server on 127.0.0.1; yields (endpoint URL, the environment that reaches it)."""
-    moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed")
+    import moto.server as moto_server  # the test extra's moto[server]
+
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
     (port,) = free_ports(1)
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -408,12 +410,9 @@ def ray_cli_cluster(mnist_data, tmp_path_factory, request):
     s3_server fixture's S3 through the standard AWS_* variables.
     """
     if shutil.which("ray", path=VENV_BIN) is None:
-        pytest.skip(f"no `ray` command beside {sys.executable}")
+        pytest.fail(f"no `ray` command beside {sys.executable}: reinstall ray[default]")
+    s3_env = request.getfixturevalue("s3_server")[1]
     # A short path: Ray's socket names must stay under the 107-byte limit.
-    try:
-        s3_env = request.getfixturevalue("s3_server")[1]
-    except pytest.skip.Exception:  # no moto: the cluster runs, the S3 tests skip
-        s3_env = {}
     temp_dir = Path(tempfile.mkdtemp(prefix="mr-", dir="/tmp"))
     home = tmp_path_factory.mktemp("home")  # no ~/.ray/auth_token of the machine's user
     token = secrets.token_hex(16)
@@ -450,25 +449,26 @@ def ray_cli_cluster(mnist_data, tmp_path_factory, request):
 def run_row(run_id: str, weights_uri: str, weights_sha256: str, **config) -> dict:
     """A run row as `submit train` writes one, for tests that need a run but no training."""
     from mnist_ray.config import TrainConfig
+    from mnist_ray.schema import run_row
     from mnist_ray.store import now
 
-    return {
-        "run_id": run_id,
-        "created_at": now(),
+    return run_row(
+        run_id=run_id,
+        created_at=now(),
         **TrainConfig(**{"epochs": 1, **config}).to_dict(),
-        "device": "cpu",
-        "node_id": "n",
-        "hostname": "h",
-        "gpu_ids": [],
-        "cuda_graph": False,
-        "epoch_costs": [1.0],
-        "train_seconds": 1.0,
-        "attempts": 1,
-        "weights_uri": weights_uri,
-        "weights_sha256": weights_sha256,
-        "torch_version": "x",
-        "ray_version": "x",
-    }
+        device="cpu",
+        node_id="n",
+        hostname="h",
+        gpu_ids=[],
+        cuda_graph=False,
+        epoch_costs=[1.0],
+        train_seconds=1.0,
+        attempts=1,
+        weights_uri=weights_uri,
+        weights_sha256=weights_sha256,
+        torch_version="x",
+        ray_version="x",
+    )
 
 
 def stored_run(store, *, seed: int = 0, scale: float = 1.0, shape=(10, 784), **config) -> dict:
@@ -489,24 +489,25 @@ def stored_run(store, *, seed: int = 0, scale: float = 1.0, shape=(10, 784), **c
 
 def eval_row(run_id: str = "run-x", accuracy: float = 0.9226) -> dict:
     """An evaluation row as `evaluate` writes one, for store tests."""
+    from mnist_ray.schema import evaluation_row
     from mnist_ray.store import new_id, now
 
-    return {
-        "eval_id": new_id("eval"),
-        "run_id": run_id,
-        "created_at": now(),
-        "dataset": "mnist",
-        "shards": 4,
-        "accuracy": accuracy,
-        "correct": 9226,
-        "total": 10000,
-        "per_class_accuracy": [0.9] * 10,
-        "confusion": list(range(100)),
-        "sample_index": 3757,
-        "sample_label": 8,
-        "sample_prediction": 3,
-        "sample_probabilities": [0.1] * 10,
-        "sample_pixels": [0] * 784,
-        "eval_seconds": 1.5,
-        "node_ids": ["n1"],
-    }
+    return evaluation_row(
+        eval_id=new_id("eval"),
+        run_id=run_id,
+        created_at=now(),
+        dataset="mnist",
+        shards=4,
+        accuracy=accuracy,
+        correct=9226,
+        total=10000,
+        per_class_accuracy=[0.9] * 10,
+        confusion=list(range(100)),
+        sample_index=3757,
+        sample_label=8,
+        sample_prediction=3,
+        sample_probabilities=[0.1] * 10,
+        sample_pixels=[0] * 784,
+        eval_seconds=1.5,
+        node_ids=["n1"],
+    )

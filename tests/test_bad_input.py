@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -144,6 +143,19 @@ def test_bad_test_file_is_one_line_naming_it(breakage, tmp_path):
     assert _files(tmp_path / "store") == before
 
 
+def test_a_mistyped_data_dir_is_one_line_and_makes_nothing(tmp_path):
+    typo = tmp_path / "dta"
+    store = tmp_path / "store"
+    result = runner.invoke(
+        cli.app,
+        ["submit", "train", "--epochs", "1", "--data-dir", str(typo), "--store", str(store)]
+        + ["--address", _closed_port()],
+    )
+    assert result.exit_code == 1
+    _one_error_line(result, f"{typo}: no such folder")
+    assert list(tmp_path.iterdir()) == []  # neither dta/MNIST/raw nor the store
+
+
 # ---- corrupt files in the store ---------------------------------------------------------------
 
 
@@ -266,16 +278,13 @@ def _chmod_0555(folder: Path):
 )
 def test_unwritable_store_fails_before_training(unwritable, tmp_path):
     with unwritable(tmp_path / "ro") as store:
-        started = time.monotonic()
         result = runner.invoke(
             cli.app,
             ["submit", "train", "--epochs", "1", "--store", str(store)]
             + ["--address", _closed_port()],  # reaching Ray would say "nothing answers"
         )
-        elapsed = time.monotonic() - started
-        assert result.exit_code == 1
+        assert result.exit_code == 1  # before Ray: reaching it would say "nothing answers"
         _one_error_line(result, f"--store {store}: not writable")
-        assert elapsed < 5
         assert _files(store) == [] or not store.is_dir()
 
 
@@ -325,7 +334,8 @@ def test_crash_between_write_and_rename_leaves_nothing_visible(tmp_path):
     assert result.exit_code == 0
     assert [r["run_id"] for r in json.loads(result.stdout)["runs"]] == [good["run_id"]]
     assert "Skipped" not in result.stderr
-    duckdb = pytest.importorskip("duckdb")
+    import duckdb
+
     glob = str(tmp_path / "store" / "runs" / "*.parquet")
     assert duckdb.sql(f"select run_id from read_parquet('{glob}')").fetchall() == [
         (good["run_id"],)

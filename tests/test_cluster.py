@@ -83,11 +83,9 @@ def test_connect_refuses_an_address_nobody_listens_on():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # bound, not listening: connections are refused
-        started = time.monotonic()
         with pytest.raises(ClusterError, match=f"nothing answers at 127.0.0.1:{port}"):
             with connect(f"127.0.0.1:{port}"):
                 pass
-    assert time.monotonic() - started < 10
 
 
 def test_two_node_cluster_puts_training_on_the_gpu_node(mnist_train, mnist_test, tmp_path):

@@ -12,9 +12,10 @@ import re
 import subprocess
 from pathlib import Path
 
-from conftest import VENV_BIN, client_env, free_ports, mnist_ray, one_line_error
+from conftest import VENV_BIN, client_env, free_ports, mnist_ray, one_line_error, wait_until
 
-from mnist_ray.jobs import entrypoint
+from mnist_ray.jobs import STOPPED, entrypoint
+from mnist_ray.query import read_rows
 from mnist_ray.store import Store
 
 JOB_ID = re.compile(r"raysubmit_\w+")
@@ -31,6 +32,31 @@ def test_entrypoint_is_the_command_with_the_store_spelled_out():
     assert entrypoint(["evaluate", "--shards", "2"], "s3://b/p") == (
         "mnist-ray evaluate --shards 2 --store s3://b/p"
     )
+
+
+def test_only_the_sigterm_stack_dump_is_left_out_of_a_jobs_log():
+    """The lines Ray's driver prints on SIGTERM (as a stopped job's log holds them, see
+    the Jobs API test below); a crash's dump and the lines around it stay."""
+    import io
+
+    from mnist_ray.streams import LogSplitter
+
+    dump = [
+        "*** {} received at time=1795969451 on cpu 1 ***",
+        "PC: @     0x7f2ffd6a3f16  (unknown)  (unknown)",
+        "    @     0x7f2ffd65a050  (unknown)  (unknown)",
+        "[2026-11-29 16:24:11,488 E 6648 6648] logging.cc:474: *** {} received at time=1 ***",
+        "[2026-11-29 16:24:11,488 E 6648 6648] logging.cc:474: PC: @     0x7f2ffd6a3f16  (x)",
+    ]
+    for signal, kept in (("SIGTERM", []), ("SIGSEGV", [ln.format("SIGSEGV") for ln in dump])):
+        out, err = io.StringIO(), io.StringIO()
+        split = LogSplitter(out, err)
+        log = ["Epoch: 0010 cost = 0.284515619", *(ln.format(signal) for ln in dump), "after"]
+        for ch in "\n".join(log) + "\n":  # chunks of any size: here one character each
+            split.feed(ch)
+        split.close()
+        assert err.getvalue().splitlines() == [log[0], *kept, "after"] and not out.getvalue()
+        assert split.sigterm is (signal == "SIGTERM")
 
 
 def test_relative_store_with_remote_address_is_refused(tmp_path):
@@ -74,9 +100,10 @@ def test_train_and_evaluate_through_the_jobs_api(ray_cli_cluster, tmp_path):
     train = mnist_ray(["submit", "train", "--epochs", "1", "--gpus", "1", *base], env)
     assert train.returncode == 0, train.stderr[-3000:]
     assert "Epoch: 0001 cost" in train.stdout + train.stderr
+    assert "WebSocket closed" not in train.stderr  # Ray's SDK, when the log stream ends
     train_job = JOB_ID.search(train.stderr).group(0)
 
-    (run,) = Store(str(store)).read("runs")[0]
+    (run,) = read_rows(Store(str(store)), "runs")[0]
     assert run["epochs"] == 1
     assert run["node_id"] == gpu_node_id  # placed on the node that declares the GPU
     assert run["gpu_ids"] == [0]
@@ -86,7 +113,7 @@ def test_train_and_evaluate_through_the_jobs_api(ray_cli_cluster, tmp_path):
     evaluate = mnist_ray(["evaluate", "--shards", "4", *base], env_mode)
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     assert "accuracy" in evaluate.stdout
-    (row,) = Store(str(store)).read("evaluations")[0]
+    (row,) = read_rows(Store(str(store)), "evaluations")[0]
     assert row["run_id"] == run["run_id"] and row["total"] == 10_000
     assert 0.85 < row["accuracy"] < 0.95
 
@@ -115,6 +142,7 @@ def test_no_wait_then_jobs_logs_status_stop(ray_cli_cluster, tmp_path):
     logs = mnist_ray(["jobs", "logs", job_id, "--follow", "--address", cluster.dashboard], env)
     assert logs.returncode == 0, logs.stderr
     assert "final cost" in logs.stdout
+    assert "WebSocket closed" not in logs.stderr and "Epoch: 0001 cost" in logs.stderr
     status = mnist_ray(["jobs", "status", job_id, "--address", cluster.dashboard], env)
     assert status.returncode == 0 and status.stdout.startswith(f"{job_id}: SUCCEEDED")
     stop = mnist_ray(["jobs", "stop", job_id, "--address", cluster.dashboard], env)
@@ -123,6 +151,62 @@ def test_no_wait_then_jobs_logs_status_stop(ray_cli_cluster, tmp_path):
         ["jobs", "status", "raysubmit_nosuchjob", "--address", cluster.dashboard], env
     )
     one_line_error(missing, "raysubmit_nosuchjob")
+
+
+def test_a_stopped_job_says_so_once_without_rays_stack_dump(ray_cli_cluster, tmp_path):
+    """`jobs stop` SIGTERMs the job's driver, and Ray there prints a stack dump into the
+    job's log; the command that streams the log and `jobs logs` leave the dump out and say
+    that the job was stopped, once."""
+    from ray.job_submission import JobSubmissionClient
+
+    cluster, _ = ray_cli_cluster
+    store = tmp_path / "store"
+    env = client_env(tmp_path, RAY_AUTH_TOKEN=cluster.token)
+    at = ["--address", cluster.dashboard]
+    train = ["submit", "train", "--epochs", "5000", *at, "--store", str(store)]
+    submit = subprocess.Popen(
+        [f"{VENV_BIN}/mnist-ray", *train],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+
+        def this_job():  # the one job whose entrypoint names this test's store
+            listed = json.loads(mnist_ray(["jobs", "list", "--json", *at], env, 60).stdout)
+            return next((j["job_id"] for j in listed if str(store) in j["entrypoint"]), None)
+
+        job_id = wait_until("the submitted job", this_job, timeout=120, proc=submit)
+
+        def training():
+            so_far = mnist_ray(["jobs", "logs", job_id, *at], env, 60)
+            return "Epoch: 0001 cost" in so_far.stderr
+
+        wait_until("the job's first epoch", training, timeout=240, proc=submit)
+        stop = mnist_ray(["jobs", "stop", job_id, *at], env, 60)
+        assert stop.returncode == 0 and stop.stdout.strip() == f"{job_id}: stopping", stop
+        _, streamed = submit.communicate(timeout=120)
+    finally:
+        if submit.poll() is None:
+            submit.kill()
+    assert submit.returncode == 1, streamed[-3000:]
+
+    raw = JobSubmissionClient(
+        cluster.dashboard, headers={"Authorization": f"Bearer {cluster.token}"}
+    )
+    assert "*** SIGTERM received at time=" in raw.get_job_logs(job_id)  # what Ray's log holds
+    logs = mnist_ray(["jobs", "logs", job_id, *at], env, 60)
+    follow = mnist_ray(["jobs", "logs", job_id, "--follow", *at], env, 60)
+    assert logs.returncode == 0 and follow.returncode == 1, (logs, follow)
+    for said in (streamed, logs.stderr, follow.stderr):
+        assert "Epoch: 0001 cost" in said  # the log itself is all there
+        assert "SIGTERM" not in said and "PC: @" not in said and "WebSocket" not in said, said
+        assert said.count(STOPPED) == 1, said
+    assert streamed.rstrip().endswith(f"Error: job {job_id} {STOPPED}")
+    assert logs.stderr.rstrip().endswith(f"Job {job_id} {STOPPED}.")
+    status = mnist_ray(["jobs", "status", job_id, *at], env, 60)
+    assert status.returncode == 1 and status.stdout.startswith(f"{job_id}: STOPPED")
 
 
 def test_a_failing_job_fails_the_command(ray_cli_cluster, tmp_path):
@@ -154,7 +238,7 @@ def test_a_gcs_address_wants_the_token_and_takes_it_alone(ray_cli_cluster, tmp_p
     ok = mnist_ray(args, client_env(tmp_path, RAY_AUTH_TOKEN=cluster.token))
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert f"Connected to Ray at {cluster.gcs}: 2 CPUs, 1 GPUs" in ok.stderr
-    (run,) = Store(str(store)).read("runs")[0]
+    (run,) = read_rows(Store(str(store)), "runs")[0]
     assert run["node_id"] == gpu_node_id and run["epochs"] == 1
 
 
@@ -174,7 +258,7 @@ def test_json_through_the_jobs_api_is_the_whole_of_stdout(ray_cli_cluster, tmp_p
     train = mnist_ray(["submit", "train", "--epochs", "1", *base], env)
     row = _json_stdout(train)
     assert "Epoch: 0001 cost" in train.stderr  # the job's log streams to stderr
-    (stored,) = Store(str(store)).read("runs")[0]
+    (stored,) = read_rows(Store(str(store)), "runs")[0]
     assert row["run_id"] == stored["run_id"] and row["epoch_costs"] == stored["epoch_costs"]
     evaluate = mnist_ray(["evaluate", "--shards", "2", *base], env)
     row = _json_stdout(evaluate)
@@ -222,7 +306,7 @@ def test_relative_store_means_the_same_on_every_node_and_json_via_gcs_and_ray_cl
     store = driver_dir / "rel-store"
     assert row["weights_uri"] == str(store / "weights" / f"{row['run_id']}.safetensors")
     assert row["node_id"] == gpu_node_id  # trained on the other node, in another folder
-    (stored,) = Store(str(store)).read("runs")[0]
+    (stored,) = read_rows(Store(str(store)), "runs")[0]
     assert stored["run_id"] == row["run_id"]
     # the task wrote its checkpoints to the driver's store (then cleared), nowhere else
     assert not list(cluster.temp_dir.rglob("rel-store"))
@@ -234,7 +318,7 @@ def test_relative_store_means_the_same_on_every_node_and_json_via_gcs_and_ray_cl
         for address in (cluster.client, cluster.gcs)
     ]
     assert all(e["run_id"] == row["run_id"] and e["total"] == 10_000 for e in evals)
-    stored = [e["eval_id"] for e in Store(str(store)).read("evaluations")[0]]
+    stored = [e["eval_id"] for e in read_rows(Store(str(store)), "evaluations")[0]]
     assert stored == [e["eval_id"] for e in evals]
     via_client = run(["submit", "train", "--epochs", "2", "--address", cluster.client])
     again = _json_stdout(via_client)

@@ -11,13 +11,12 @@ import json
 import re
 from pathlib import Path
 
+import jsonschema
 import pytest
-
-yaml = pytest.importorskip("yaml")
-jsonschema = pytest.importorskip("jsonschema")
-import ray.autoscaler  # noqa: E402
-from ray.autoscaler._private.util import prepare_config, validate_config  # noqa: E402
-from test_manifests import IMAGE  # noqa: E402
+import ray.autoscaler
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+from test_manifests import IMAGE
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "jobs" / "cluster").glob("*.yaml"))

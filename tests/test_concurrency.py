@@ -2,7 +2,7 @@
 
     PYTHONPATH=. MNIST_RAY_DATA=../shared/datasets python -m pytest tests/test_concurrency.py -q
 
-Each command starts a Ray of its own; the starts take turns (cluster.start_lock), since a
+Each command starts a Ray of its own; the starts take turns (a lock on the machine), since a
 raylet that can't register within Ray's fixed 30 s fails its command (`The current node
 timed out during startup`), which eight starts at once on two cores made happen.
 """
@@ -13,6 +13,7 @@ import subprocess
 
 from conftest import VENV_BIN, client_env, stored_run
 
+from mnist_ray.query import read_rows
 from mnist_ray.store import Store
 
 
@@ -42,8 +43,8 @@ def test_eight_evaluations_and_four_trainings_at_once_all_succeed(mnist_data, tm
                 p.kill()
     failed = [err[-800:] for p, (_, err) in zip(procs, outs, strict=True) if p.returncode != 0]
     assert not failed, failed
-    evals, bad_evals = store.read("evaluations")
-    runs, bad_runs = store.read("runs")
+    evals, bad_evals = read_rows(store, "evaluations")
+    runs, bad_runs = read_rows(store, "runs")
     assert not bad_evals and not bad_runs
     assert len(evals) == 8 and {e["run_id"] for e in evals} == {run["run_id"]}
     assert len(runs) == 1 + 4 and all(r["epoch_costs"] for r in runs)
@@ -58,14 +59,16 @@ bystander = subprocess.Popen(["sleep", "60"])  # a child that is not Ray's
 ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
 node = ray._private.worker._global_node
 pids = [p.process.pid for procs in node.all_processes.values() for p in procs]
-local_ray.end_children()  # what a timed-out start is cleaned up with
-time.sleep(2)
 def alive(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+local_ray.end_children()  # what a timed-out start is cleaned up with
+deadline = time.monotonic() + 60  # until the killed ones are gone, bounded
+while any(alive(p) for p in pids) and time.monotonic() < deadline:
+    time.sleep(0.05)
 print(sum(alive(p) for p in pids), len(pids), alive(bystander.pid))
 bystander.kill()
 os._exit(0)

@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import make_dataset, write_idx
+from conftest import free_ports, make_dataset, write_idx
 
 from mnist_ray.data import DataError, data_root, load, read_idx
 
@@ -25,7 +25,8 @@ def test_mnist_splits_have_the_published_shapes_and_label_counts(mnist_train, mn
 
 
 def test_arrays_are_torchvisions_data_and_targets(data_dir, mnist_test):
-    torchvision = pytest.importorskip("torchvision")
+    import torchvision
+
     ds = torchvision.datasets.MNIST(str(data_dir), train=False, download=False)
     assert np.array_equal(ds.data.numpy(), mnist_test.images)
     assert np.array_equal(ds.targets.numpy(), mnist_test.labels)
@@ -129,3 +130,22 @@ def test_read_idx_checks_header_against_size(tmp_path):
     path.write_bytes(path.read_bytes() + b"\0")
     with pytest.raises(DataError, match="trailing bytes"):
         read_idx(path, 2051)
+
+
+def test_a_folder_named_but_missing_is_said_so_and_not_made(tmp_path, monkeypatch):
+    monkeypatch.delenv("MNIST_RAY_DATA", raising=False)
+    typo = tmp_path / "dta"
+    with pytest.raises(DataError, match=f"{typo}: no such folder"):
+        load("mnist", "train", typo)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_download_leaves_nothing_behind(tmp_path, monkeypatch):
+    """The real download, from a mirror where nothing listens: no half-made MNIST/raw."""
+    import torchvision.datasets as tvd
+
+    (port,) = free_ports(1)
+    monkeypatch.setattr(tvd.MNIST, "mirrors", [f"http://127.0.0.1:{port}/"])
+    with pytest.raises(DataError, match="files missing and the download failed"):
+        load("mnist", "train", tmp_path)
+    assert list(tmp_path.iterdir()) == []

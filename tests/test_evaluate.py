@@ -1,21 +1,23 @@
-"""Evaluation: sharding covers the test set once, every shard count gives the same answer."""
+"""Evaluation: sharding covers the test set once, every shard count gives the same answer.
+
+The expected accuracy and sample are the classic program's (tests/reference.py, with the
+test pixels scaled as training scales them; docs/reference.md).
+
+    PYTHONPATH=. python -m pytest tests/test_evaluate.py -q
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import reference as ref
 
 from mnist_ray.evaluate import evaluate_shard, merge, sample_index, shard_bounds
 
 
 @pytest.fixture(scope="session")
-def tutorial_weights(mnist_train):
-    import torch
-
-    from mnist_ray.config import TrainConfig
-    from mnist_ray.train import train
-
-    return train(TrainConfig(), *mnist_train, torch.device("cpu"), log=lambda _: None).weights
+def tutorial_weights(tutorial_run):
+    return tutorial_run.weights
 
 
 @pytest.mark.parametrize("shards", [1, 2, 3, 4, 7, 9999, 10000])
@@ -37,22 +39,26 @@ def test_tutorial_accuracy_and_sample(tutorial_weights, mnist_test):
     images, labels = mnist_test
     sample = sample_index(777, len(labels))
     result = merge([evaluate_shard(tutorial_weights, images, labels, sample=sample)])
-    assert sample == 3757
-    assert result["correct"] == 9226 and result["accuracy"] == pytest.approx(0.9226, abs=0)
+    assert sample == ref.SAMPLE_INDEX
+    assert result["correct"] == ref.SCALED_CORRECT
+    assert result["accuracy"] == pytest.approx(ref.SCALED_ACCURACY, abs=0)
     s = result["sample"]
-    assert (s["index"], s["label"], s["prediction"]) == (3757, 8, 3)
-    assert round(s["probabilities"][3], 3) == 0.673 and round(s["probabilities"][8], 3) == 0.116
-    assert np.array_equal(np.asarray(s["pixels"]).reshape(28, 28), images[3757])
+    assert (s["index"], s["label"], s["prediction"]) == (
+        ref.SAMPLE_INDEX, ref.SAMPLE_LABEL, ref.SAMPLE_PREDICTION
+    )  # fmt: skip
+    for digit, p in ref.SAMPLE_SOFTMAX.items():
+        assert round(s["probabilities"][digit], 3) == p, digit
+    assert np.array_equal(np.asarray(s["pixels"]).reshape(28, 28), images[ref.SAMPLE_INDEX])
     confusion = np.asarray(result["confusion"]).reshape(10, 10)
     assert confusion.sum(axis=1).tolist() == np.bincount(labels).tolist()
 
 
 def test_every_shard_count_gives_identical_counts(tutorial_weights, mnist_test):
     images, labels = mnist_test
-    reference = merge([evaluate_shard(tutorial_weights, images, labels, sample=3757)])
+    reference = merge([evaluate_shard(tutorial_weights, images, labels, sample=ref.SAMPLE_INDEX)])
     for shards in (2, 3, 4, 7, 13, 64, 1000, 10000):
         parts = [
-            evaluate_shard(tutorial_weights, images, labels, a, b, sample=3757)
+            evaluate_shard(tutorial_weights, images, labels, a, b, sample=ref.SAMPLE_INDEX)
             for a, b in shard_bounds(len(labels), shards)
         ]
         assert merge(parts) == reference, shards

@@ -101,7 +101,7 @@ def _interrupted_command(name: str):
 
     command.__name__ = name
     one = typer.Typer()
-    one.command()(cli.friendly(command))
+    one.command()(cli.friendly(name)(command))
     return one
 
 

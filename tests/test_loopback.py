@@ -6,7 +6,8 @@ One test lists the listening TCP sockets of the whole process tree of an embedde
 `mnist-ray submit train` while it trains (/proc/net/tcp{,6} against each process's
 /proc/PID/fd); the other knocks on every one of those ports from a network namespace joined
 to this host by a veth pair, the way another machine would. The namespace needs root
-(`ip netns add`); without it that test skips.
+(`ip netns add`) and iproute2; without root that test skips, its reason starting "needs
+root:" (one of the skips .ci/run accepts).
 """
 
 from __future__ import annotations
@@ -149,8 +150,9 @@ def test_every_process_of_the_embedded_ray_listens_on_loopback_only(embedded):
 @contextlib.contextmanager
 def network_namespace():
     """A namespace joined to this host by a veth pair on a private /30 of our own."""
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("creating a network namespace needs root and iproute2")
+    assert shutil.which("ip"), "no `ip` command: install iproute2 (.ci/run does)"
+    if os.geteuid() != 0:
+        pytest.skip("needs root: creating a network namespace (`ip netns add`)")
     tag = secrets.token_hex(3)
     ns, host_end, ns_end = f"mr-{tag}", f"mrh{tag}", f"mrn{tag}"
     third = int(tag[:2], 16) % 250 + 1
@@ -162,7 +164,7 @@ def network_namespace():
 
     made = ip("netns", "add", ns)
     if made.returncode != 0:
-        pytest.skip(f"ip netns add is not permitted here: {made.stderr.strip()}")
+        pytest.skip(f"needs root: ip netns add is not permitted here: {made.stderr.strip()}")
     try:
         steps = [
             (("link", "add", host_end, "type", "veth", "peer", "name", ns_end), False),
@@ -177,7 +179,7 @@ def network_namespace():
         for args, inside in steps:
             done = ip(*args, netns=inside)
             if done.returncode != 0:
-                pytest.skip(f"ip {' '.join(args)}: {done.stderr.strip()}")
+                pytest.skip(f"needs root: ip {' '.join(args)}: {done.stderr.strip()}")
         yield ns, host_ip
     finally:
         ip("link", "del", host_end)

@@ -69,9 +69,9 @@ def test_the_classic_configs_dict_is_what_it_was_before_models():
 
 
 def test_an_unknown_model_or_optimizer_is_refused():
-    with pytest.raises(ConfigError, match="--model: unknown model 'resnet'; choose one of"):
+    with pytest.raises(ConfigError, match="model: unknown model 'resnet'; choose one of"):
         TrainConfig(model="resnet").validate()
-    with pytest.raises(ConfigError, match="--optimizer: unknown optimizer 'rmsprop'"):
+    with pytest.raises(ConfigError, match="optimizer: unknown optimizer 'rmsprop'"):
         TrainConfig(optimizer="rmsprop").validate()
     with pytest.raises(ValueError, match="unknown model 'resnet'"):
         model.get_model("resnet")

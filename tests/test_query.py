@@ -9,12 +9,14 @@ import json
 import multiprocessing as mp
 import os
 
+import boto3
 import pytest
 from conftest import eval_row, run_row
 from typer.testing import CliRunner
 
 from mnist_ray.cli import app
 from mnist_ray.compact import compact
+from mnist_ray.query import read_rows
 from mnist_ray.store import Store
 
 runner = CliRunner()
@@ -70,7 +72,6 @@ def test_query_with_bad_sql_is_one_line_and_exit_2(tmp_path):
 
 
 def test_query_reads_an_s3_store(s3_server, monkeypatch):
-    boto3 = pytest.importorskip("boto3")
     url, env = s3_server
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -100,11 +101,42 @@ def test_compact_merges_row_files_and_keeps_every_row(tmp_path):
     assert "broken.parquet" in got.stderr  # named, skipped, left where it was
     names = sorted(os.listdir(tmp_path / "runs"))
     assert names[0] == "broken.parquet" and names[1].startswith("compact-") and len(names) == 2
-    rows, bad = store.read("runs")
+    rows, bad = read_rows(store, "runs")
     assert sorted(r["run_id"] for r in rows) == sorted(r["run_id"] for r in runs)
     assert rows[0]["epoch_costs"] == [1.0] and len(bad) == 1
-    text = invoke("compact", "--store", str(tmp_path))
-    assert "nothing to merge" in text.stdout or "files -> 1" in text.stdout
+    again = invoke("compact", "--store", str(tmp_path))
+    assert again.exit_code == 0, again.output
+    # The merged file beside the broken one: one good file, nothing to merge, left as it was.
+    assert again.stdout.splitlines() == [
+        "runs: 2 file(s), nothing to merge",
+        "evaluations: 1 file(s), nothing to merge",
+    ]
+    assert sorted(os.listdir(tmp_path / "runs")) == names
+
+
+def test_compact_json_says_zero_rows_when_nothing_was_merged(tmp_path):
+    store = Store(tmp_path)
+    fill(store, lrs=(0.1,))  # one file per table
+    got = invoke("compact", "--store", str(tmp_path), "--json")
+    assert got.exit_code == 0, got.output
+    assert json.loads(got.stdout)["tables"] == [
+        {"table": t, "files": 1, "merged": 0, "rows": 0, "bad": [], "uri": None}
+        for t in ("runs", "evaluations")
+    ]
+
+
+@pytest.mark.parametrize("command", ["query", "compact", "results", "show"])
+@pytest.mark.parametrize("kind", ["missing", "file"])
+def test_a_store_that_is_not_there_is_refused_in_one_line(tmp_path, command, kind):
+    where = tmp_path / "store"
+    if kind == "file":
+        where.write_text("a file, not a store")
+    args = [command, "select count(*) from runs"] if command == "query" else [command]
+    got = invoke(*args, "--store", str(where))
+    assert got.exit_code == 1 and got.stdout == ""
+    expected = "no such store (nothing at that path)" if kind == "missing" else "not a folder"
+    assert got.stderr == f"Error: --store {where}: {expected}\n"
+    assert [p.name for p in tmp_path.iterdir()] == (["store"] if kind == "file" else [])
 
 
 def test_compact_of_a_store_that_is_a_file_fails_in_one_line(tmp_path):
@@ -124,7 +156,7 @@ def test_a_row_in_its_file_and_in_a_merged_file_reads_once(tmp_path):
     for path, data in saved.items():
         path.write_bytes(data)  # the small files back, beside the merged one
     assert len(os.listdir(tmp_path / "runs")) == 4
-    rows, _ = store.read("runs")
+    rows, _ = read_rows(store, "runs")
     assert len(rows) == 3 and len({r["run_id"] for r in rows}) == 3
 
 
@@ -138,7 +170,7 @@ def _reader(location: str, stop: str) -> None:
     """Reads until told to stop; exits 3 if a row shows twice, 4 if a row seen once vanishes."""
     store, seen = Store(location), set()
     while not os.path.exists(stop):
-        ids = [r["run_id"] for r in store.read("runs")[0]]
+        ids = [r["run_id"] for r in read_rows(store, "runs")[0]]
         if len(ids) != len(set(ids)):
             os._exit(3)
         if not seen <= set(ids):
@@ -161,7 +193,7 @@ def test_compaction_while_writers_write_and_readers_read(tmp_path):
         before = {f for f in os.listdir(tmp_path / "s" / "runs") if f.startswith("run-")}
         compact(store, "runs")
         compactions += 1
-        rows, bad = store.read("runs")
+        rows, bad = read_rows(store, "runs")
         ids = [r["run_id"] for r in rows]
         assert bad == [] and len(ids) == len(set(ids)), "a row read twice"
         assert {f.removesuffix(".parquet") for f in before} <= set(ids), "a row lost"
@@ -172,7 +204,7 @@ def test_compaction_while_writers_write_and_readers_read(tmp_path):
     reader.join(timeout=120)
     assert reader.exitcode == 0, "the reader saw a row twice (3) or lost one (4)"
     compact(store, "runs")
-    rows, bad = store.read("runs")
+    rows, bad = read_rows(store, "runs")
     expected = {f"run-w{k}-{i:04d}" for k in range(writers) for i in range(n)}
     assert bad == [] and sorted(r["run_id"] for r in rows) == sorted(expected)
     assert len(os.listdir(tmp_path / "s" / "runs")) == 1 and compactions >= 3
@@ -190,13 +222,13 @@ def test_open_store_reads_only_the_rows_asked_for(tmp_path):
 def test_a_listed_file_that_vanished_is_told_apart_from_a_bad_one(tmp_path):
     """What a reader meets when a compaction deletes a file it listed: not a bad file, a
     reason to list again (compact, given its own list, starts over)."""
-    from mnist_ray.query import _Vanished, connect, load
+    from mnist_ray.query import Vanished, connect, load
 
     store = Store(tmp_path)
     fill(store)
     listed = store.list("runs", ".parquet")
     os.remove(tmp_path / listed[0])
-    with pytest.raises(_Vanished):
+    with pytest.raises(Vanished):
         load(connect(), store, "runs", ["run_id"], files=listed)
     con = connect()
     assert load(con, store, "runs", ["run_id"]) == []  # listed again: two rows, no bad file

@@ -102,7 +102,7 @@ def browser():
         if os.environ.get("CI"):
             pytest.fail("chromium and chromium-driver are missing; .ci/run installs them")
         pytest.skip("no Debian chromium/chromium-driver: apt-get install chromium chromium-driver")
-    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 
+import boto3
 import pytest
 from conftest import eval_row, run_row
 from typer.testing import CliRunner
@@ -81,7 +82,6 @@ def test_results_refuses_a_bad_where_or_sort_with_exit_2(tmp_path, option, value
 
 
 def test_results_reads_an_s3_store(s3_server, monkeypatch):
-    boto3 = pytest.importorskip("boto3")
     url, env = s3_server
     for key, value in env.items():
         monkeypatch.setenv(key, value)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+import boto3
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pytest
@@ -17,8 +18,6 @@ from conftest import client_env, mnist_ray
 
 from mnist_ray.jobs import check_shared_store
 from mnist_ray.store import Store, StoreError
-
-boto3 = pytest.importorskip("boto3")
 
 
 def bucket(url: str, name: str) -> str:

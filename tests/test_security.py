@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import run_row
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -101,7 +102,6 @@ def test_pickle_planted_as_weights_is_refused(payload, tmp_path):
 
 
 def test_torch_save_file_planted_as_weights_is_refused(payload, tmp_path):
-    torch = pytest.importorskip("torch")
     _, marker = payload
     buffer = io.BytesIO()
     torch.save({"weight": _Payload(marker), "bias": torch.zeros(10)}, buffer)

@@ -13,8 +13,9 @@ import sys
 
 from conftest import VENV_BIN, client_env
 
+from mnist_ray.query import read_rows
 from mnist_ray.store import Store
-from mnist_ray.streams import LogSplitter, _Framed, marker, one_line_notice, ray_output_to_stderr
+from mnist_ray.streams import LogSplitter, _Framed, marker, one_line_notice
 
 WORKER_DIED = (
     "\x1b[33m(raylet)\x1b[0m A worker died or was killed while executing a task by an "
@@ -72,7 +73,6 @@ def test_ray_output_goes_to_stderr_at_the_descriptor_level(tmp_path):
     lines = got.stderr.splitlines()
     assert "INFO from a Ray process" in lines
     assert [ln for ln in lines if ln.startswith("(raylet)")] == [one_line_notice(WORKER_DIED)]
-    assert ray_output_to_stderr  # imported for the subprocess's sake too
 
 
 def test_embedded_train_and_evaluate_print_one_json_document(mnist_data, tmp_path):
@@ -89,6 +89,6 @@ def test_embedded_train_and_evaluate_print_one_json_document(mnist_data, tmp_pat
         assert got.returncode == 0, got.stderr[-3000:]
         row = json.loads(got.stdout)  # the whole of stdout, nothing else on it
         table, key = ("runs", "run_id") if args[0] == "submit" else ("evaluations", "eval_id")
-        (stored,) = Store(str(store)).read(table)[0]
+        (stored,) = read_rows(Store(str(store)), table)[0]
         assert row[key] == stored[key]
         assert "Started a local Ray" in got.stderr

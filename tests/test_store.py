@@ -6,19 +6,22 @@ import multiprocessing as mp
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+import duckdb
 import numpy as np
 import pyarrow.dataset as ds
 import pytest
 from conftest import eval_row
 
-from mnist_ray.store import EVALUATIONS, Store, StoreError, now
+from mnist_ray.query import find_run, matching, read_rows
+from mnist_ray.schema import EVALUATIONS
+from mnist_ray.store import Store, StoreError, now
 
 
 def test_row_round_trip_keeps_types(tmp_path):
     store = Store(tmp_path / "s")
     row = eval_row()
     store.write_row("evaluations", row)
-    rows, bad = store.read("evaluations")
+    rows, bad = read_rows(store, "evaluations")
     assert bad == [] and len(rows) == 1
     got = rows[0]
     assert got["eval_id"] == row["eval_id"] and got["confusion"] == list(range(100))
@@ -28,7 +31,6 @@ def test_row_round_trip_keeps_types(tmp_path):
 
 
 def test_duckdb_reads_the_store_with_a_glob(tmp_path):
-    duckdb = pytest.importorskip("duckdb")
     store = Store(tmp_path)
     for acc in (0.5, 0.75, 0.9226):
         store.write_row("evaluations", eval_row(accuracy=acc))
@@ -44,7 +46,7 @@ def test_temporary_files_are_invisible_to_readers(tmp_path):
     store.write_row("evaluations", eval_row())
     # What a writer killed between write and rename leaves behind:
     (tmp_path / "evaluations" / ".eval-x.parquet.0123.tmp").write_bytes(b"PAR1 half")
-    assert len(store.read("evaluations")[0]) == 1
+    assert len(read_rows(store, "evaluations")[0]) == 1
     assert ds.dataset(str(tmp_path / "evaluations"), format="parquet").count_rows() == 1
 
 
@@ -66,7 +68,7 @@ def test_concurrent_writers_never_collide(tmp_path):
     for p in procs:
         p.join(timeout=120)
         assert p.exitcode == 0
-    rows, bad = Store(location).read("evaluations")
+    rows, bad = read_rows(Store(location), "evaluations")
     assert bad == [] and len(rows) == 35 and len({r["eval_id"] for r in rows}) == 35
     assert not [f for f in os.listdir(tmp_path / "s" / "evaluations") if f.startswith(".")]
 
@@ -100,7 +102,7 @@ def test_bad_files_are_reported_and_good_rows_kept(tmp_path):
     store.write_row("evaluations", eval_row())
     (tmp_path / "evaluations" / "zero.parquet").write_bytes(b"")
     (tmp_path / "evaluations" / "text.parquet").write_text("not parquet")
-    rows, bad = store.read("evaluations")
+    rows, bad = read_rows(store, "evaluations")
     assert len(rows) == 1
     assert sorted(p.rsplit("/", 1)[1] for p, _ in bad) == ["text.parquet", "zero.parquet"]
 
@@ -116,7 +118,7 @@ def test_files_from_before_the_memory_columns_still_read(tmp_path):
     older = pa.Table.from_pylist([row], schema=EVALUATIONS).drop_columns(["shard_peak_rss_mib"])
     pq.write_table(older, tmp_path / "evaluations" / "old.parquet")
     pq.write_table(older.drop_columns(["accuracy"]), tmp_path / "evaluations" / "bad.parquet")
-    rows, bad = Store(tmp_path).read("evaluations")
+    rows, bad = read_rows(Store(tmp_path), "evaluations")
     assert [r["eval_id"] for r in rows] == [row["eval_id"]]
     assert rows[0]["shard_peak_rss_mib"] is None and rows[0]["accuracy"] == row["accuracy"]
     assert [(p.rsplit("/", 1)[1], why) for p, why in bad] == [
@@ -127,18 +129,27 @@ def test_files_from_before_the_memory_columns_still_read(tmp_path):
 def test_find_run_by_prefix_latest_and_unknown(tmp_path):
     store = Store(tmp_path)
     with pytest.raises(StoreError, match="no runs yet"):
-        store.find_run(None)
-    from mnist_ray.store import RUNS
+        find_run(store, None)
+    from mnist_ray.schema import RUNS
 
     base = {name: None for name in RUNS.names}
     for rid in ("run-a1", "run-b2"):
         store.write_row("runs", base | {"run_id": rid, "created_at": now(), "epoch_costs": []})
-    assert store.find_run(None)["run_id"] == "run-b2"
-    assert store.find_run("run-a")["run_id"] == "run-a1"
-    with pytest.raises(StoreError, match="matches 2 runs"):
-        store.find_run("run-")
-    with pytest.raises(StoreError, match="no such run"):
-        store.find_run("run-zz")
+    assert find_run(store, None)["run_id"] == "run-b2"
+    assert find_run(store, "run-a")["run_id"] == "run-a1"
+    with pytest.raises(StoreError, match="^--run run-: matches 2 runs"):
+        find_run(store, "run-")
+    with pytest.raises(StoreError, match="^RUN run-zz: no such run"):
+        find_run(store, "run-zz", about="RUN")
+
+
+def test_one_prefix_rule_an_exact_id_wins_over_longer_ones():
+    rows = [{"run_id": "run-a"}, {"run_id": "run-ab"}, {"run_id": "run-abc"}]
+    assert matching(rows, "run_id", "run-a") == [{"run_id": "run-a"}]
+    assert matching(rows, "run_id", "run-ab") == [{"run_id": "run-ab"}]
+    assert matching(rows, "run_id", "run-abc") == [{"run_id": "run-abc"}]
+    assert matching(rows[1:], "run_id", "run-a") == rows[1:]
+    assert matching(rows, "run_id", "run-b") == []
 
 
 def test_unwritable_store_fails_at_once(tmp_path):

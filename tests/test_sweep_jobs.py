@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 
-import pytest
+from conftest import client_env, mnist_ray
 
-pytest.importorskip("ray.tune", reason="ray[tune] is not installed")
-from conftest import client_env, mnist_ray  # noqa: E402
-
-from mnist_ray.store import Store  # noqa: E402
+from mnist_ray.query import read_rows
+from mnist_ray.store import Store
 
 
 def test_sweep_through_the_jobs_api_lands_quarter_gpu_trials(ray_cli_cluster, tmp_path):
@@ -25,10 +23,10 @@ def test_sweep_through_the_jobs_api_lands_quarter_gpu_trials(ray_cli_cluster, tm
     done = mnist_ray([*args, "--address", cluster.dashboard, "--store", str(store)], env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Submitted job raysubmit_" in done.stderr
-    runs = Store(str(store)).read("runs")[0]
+    runs = read_rows(Store(str(store)), "runs")[0]
     assert sorted(r["lr"] for r in runs) == [0.1, 0.5] and len({r["sweep_id"] for r in runs}) == 1
     for run in runs:  # the default share where the cluster has a GPU: a quarter of it
         assert run["node_id"] == gpu_node_id and run["gpu_ids"] == [0]
-    (row,) = Store(str(store)).read("sweeps")[0]
+    (row,) = read_rows(Store(str(store)), "sweeps")[0]
     assert row["status"] == "finished"
     assert json.loads(row["definition"])["gpus_per_trial"] is None  # chosen on the cluster

@@ -1,13 +1,18 @@
-"""Training on the real MNIST files: the tutorial's numbers, step for step."""
+"""Training on the real MNIST files: the tutorial's numbers, step for step.
+
+The expected costs are what the classic program printed (tests/reference.py, whose
+numbers and provenance docs/reference.md gives); the program itself runs here too, one
+epoch of it beside ours.
+
+    PYTHONPATH=. python -m pytest tests/test_train.py -q
+"""
 
 from __future__ import annotations
-
-import random
 
 import numpy as np
 import pytest
 import torch
-from conftest import TUTORIAL_COSTS
+from reference import TUTORIAL_COSTS, classic_training
 
 from mnist_ray.config import TrainConfig
 from mnist_ray.train import Training, epoch_permutation, train
@@ -19,48 +24,26 @@ def _quiet(_line: str) -> None:
     pass
 
 
-@pytest.fixture(scope="session")
-def default_run(mnist_train):
-    return train(TrainConfig(), *mnist_train, CPU, log=_quiet)
-
-
-def test_default_run_reproduces_the_tutorials_printed_costs(default_run):
-    printed = [f"{c:.9f}" for c in default_run.epoch_costs]
+def test_default_run_reproduces_the_tutorials_printed_costs(tutorial_run):
+    printed = [f"{c:.9f}" for c in tutorial_run.epoch_costs]
     assert len(printed) == 15
-    assert printed[0] == "0.535150588" and printed[-1] == "0.274422765"
+    assert printed[0] == f"{TUTORIAL_COSTS[0]:.9f}" and printed[-1] == f"{TUTORIAL_COSTS[-1]:.9f}"
     # The steps are the tutorial's exactly (next test); the per-epoch average is a float32
     # sum of 600 terms, whose last bit follows the host's BLAS path: within 1.5 float32 ulps.
-    assert np.allclose(default_run.epoch_costs, TUTORIAL_COSTS, rtol=0, atol=4.5e-8)
+    assert np.allclose(tutorial_run.epoch_costs, TUTORIAL_COSTS, rtol=0, atol=4.5e-8)
     exact = sum(p == f"{t:.9f}" for p, t in zip(printed, TUTORIAL_COSTS, strict=True))
     assert exact >= 11, printed
 
 
 def test_steps_are_the_classic_dataloader_loops_bit_for_bit(data_dir, mnist_train):
-    """The classic program itself, for one epoch, beside ours in the same process."""
-    tv = pytest.importorskip("torchvision")
-    from torch.utils.data import DataLoader
-
-    random.seed(777)
-    torch.manual_seed(777)
-    dataset = tv.datasets.MNIST(str(data_dir), train=True, transform=tv.transforms.ToTensor())
-    loader = DataLoader(dataset, batch_size=100, shuffle=True, drop_last=True)
-    linear = torch.nn.Linear(784, 10, bias=True)
-    criterion = torch.nn.CrossEntropyLoss()
-    optimizer = torch.optim.SGD(linear.parameters(), lr=0.1)
-    avg_cost = 0
-    for X, Y in loader:
-        X = X.view(-1, 28 * 28)
-        optimizer.zero_grad()
-        cost = criterion(linear(X), Y)
-        cost.backward()
-        optimizer.step()
-        avg_cost += cost / len(loader)
-
+    """The classic program itself (tests/reference.py), for one epoch, beside ours in the
+    same process."""
+    linear, classic_costs = classic_training(str(data_dir), epochs=1, log=_quiet)
     ours = train(TrainConfig(epochs=1), *mnist_train, CPU, log=_quiet)
     assert torch.equal(torch.from_numpy(ours.weights["weight"]), linear.weight.detach())
     assert torch.equal(torch.from_numpy(ours.weights["bias"]), linear.bias.detach())
-    assert ours.epoch_costs[0] == avg_cost.item()  # the float32 average, bit for bit
-    assert f"{ours.epoch_costs[0]:.9f}" == "0.535150588"
+    assert ours.epoch_costs == classic_costs  # the float32 average, bit for bit
+    assert f"{ours.epoch_costs[0]:.9f}" == f"{TUTORIAL_COSTS[0]:.9f}"
 
 
 def test_permutations_are_the_dataloaders():

@@ -1,0 +1,134 @@
+"""The store's tables: one explicit `pa.schema` each, and the rows built from them.
+
+    from mnist_ray.schema import RUNS, run_row
+    row = run_row(run_id="run-1", created_at=now(), ...)   # every column of RUNS, by name
+    run_row(run_id="run-1", atempts=2, ...)   # RowError: runs row: unknown column 'atempts'
+
+A row is a dict with the schema's columns in the schema's order. `pa.Table.from_pylist`
+would drop a misspelt key and write a missing one as null without a word; the builders
+refuse both, naming the table and the key, so a row that reaches the store has exactly
+the columns its readers expect. A column in OPTIONAL (added after the first release, so
+null in older files) may be left out and is then null.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+RUNS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+        ("dataset", pa.string()),
+        ("epochs", pa.int32()),
+        ("batch_size", pa.int32()),
+        ("lr", pa.float64()),
+        ("seed", pa.int64()),
+        ("device", pa.string()),  # what torch trained on, e.g. "cuda:0 (NVIDIA H100 ...)"
+        ("node_id", pa.string()),  # the Ray node the training task ran on
+        ("hostname", pa.string()),
+        ("gpu_ids", pa.list_(pa.int32())),  # what Ray assigned to the task
+        ("cuda_graph", pa.bool_()),
+        ("epoch_costs", pa.list_(pa.float64())),
+        ("train_seconds", pa.float64()),
+        ("attempts", pa.int32()),  # how many times Ray ran the training task: 1, more if retried
+        ("weights_uri", pa.string()),
+        ("weights_sha256", pa.string()),
+        ("torch_version", pa.string()),
+        ("ray_version", pa.string()),
+        ("peak_rss_mib", pa.float64()),  # the training task's process, at its peak
+        ("gpu_peak_mib", pa.float64()),  # torch's peak allocation on the GPU; null on a CPU
+        ("sweep_id", pa.string()),  # the sweep this run was a trial of; null for a single run
+    ]
+)
+
+EVALUATIONS = pa.schema(
+    [
+        ("eval_id", pa.string()),
+        ("run_id", pa.string()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+        ("dataset", pa.string()),
+        ("shards", pa.int32()),
+        ("accuracy", pa.float64()),
+        ("correct", pa.int64()),
+        ("total", pa.int64()),
+        ("per_class_accuracy", pa.list_(pa.float64())),
+        ("confusion", pa.list_(pa.int64())),  # 10x10, row-major, row = true label
+        ("sample_index", pa.int32()),
+        ("sample_label", pa.int32()),
+        ("sample_prediction", pa.int32()),
+        ("sample_probabilities", pa.list_(pa.float64())),
+        ("sample_pixels", pa.list_(pa.uint8())),  # 28x28, row-major, 0..255
+        ("eval_seconds", pa.float64()),
+        ("node_ids", pa.list_(pa.string())),  # the Ray nodes the shards ran on
+        ("shard_peak_rss_mib", pa.float64()),  # the largest shard task's process, at its peak
+        # The first 25 misclassified test images, in test-set order (the report's grid):
+        ("misclassified_index", pa.list_(pa.int32())),
+        ("misclassified_label", pa.list_(pa.int32())),
+        ("misclassified_prediction", pa.list_(pa.int32())),
+        # Each image its 784 bytes, 28x28 row-major: a byte string per image reads and
+        # writes many times faster than a list of 784 numbers.
+        ("misclassified_pixels", pa.list_(pa.binary())),
+    ]
+)
+
+SWEEPS = pa.schema(
+    [
+        ("sweep_id", pa.string()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+        ("updated_at", pa.timestamp("us", tz="UTC")),  # the row is rewritten as the sweep goes
+        ("status", pa.string()),  # running, finished, interrupted, failed
+        ("definition", pa.string()),  # JSON: what was asked (lists, ranges, resources, ...)
+        ("trial_ids", pa.list_(pa.string())),  # every trial's run_id, in order
+        ("trial_params", pa.list_(pa.string())),  # JSON: each trial's TrainConfig
+        ("finished", pa.list_(pa.string())),  # run_ids with a run row
+        ("stopped", pa.list_(pa.string())),  # run_ids ended early by the scheduler (ASHA)
+        ("failed", pa.list_(pa.string())),  # "run_id: cause", one per failed trial
+        ("best_run_id", pa.string()),  # lowest final cost among the finished trials
+        ("best_cost", pa.float64()),
+        ("wall_seconds", pa.float64()),  # this invocation's Tune experiment, start to end
+    ]
+)
+
+SCHEMAS = {"runs": RUNS, "evaluations": EVALUATIONS, "sweeps": SWEEPS}
+KEYS = {"runs": "run_id", "evaluations": "eval_id", "sweeps": "sweep_id"}  # one file per id
+# Columns added after the first release: read as null from files written before them, and
+# the only columns a row may leave out (it is then null there too).
+OPTIONAL = {"peak_rss_mib", "gpu_peak_mib", "shard_peak_rss_mib", "sweep_id"}
+OPTIONAL |= {f"misclassified_{c}" for c in ("index", "label", "prediction", "pixels")}
+
+
+class RowError(ValueError):
+    """A row that does not fit its table's schema: a bug in the code that built it."""
+
+
+def make_row(table: str, values: dict) -> dict:
+    """`values` as a row of `table`, in the schema's column order. Refuses a key the
+    schema lacks and a missing column that is not OPTIONAL (None is a value: give it)."""
+    names = SCHEMAS[table].names
+    unknown = [k for k in values if k not in names]
+    if unknown:
+        raise RowError(f"{table} row: unknown {_columns(unknown)} (not in the {table} schema)")
+    missing = [n for n in names if n not in values and n not in OPTIONAL]
+    if missing:
+        raise RowError(f"{table} row: missing {_columns(missing)}")
+    return {n: values.get(n) for n in names}
+
+
+def run_row(**values) -> dict:
+    """A row of `runs`: one training run (see RUNS)."""
+    return make_row("runs", values)
+
+
+def evaluation_row(**values) -> dict:
+    """A row of `evaluations`: one evaluation of a run's weights (see EVALUATIONS)."""
+    return make_row("evaluations", values)
+
+
+def sweep_row(**values) -> dict:
+    """A row of `sweeps`: one sweep as it stands (see SWEEPS)."""
+    return make_row("sweeps", values)
+
+
+def _columns(names: list[str]) -> str:
+    return f"column{'s' if len(names) > 1 else ''} " + ", ".join(repr(n) for n in names)
