@@ -112,7 +112,7 @@ def test_other_hyperparameters_change_the_run(mnist_train):
 
 def test_batch_larger_than_the_data_is_refused():
     x = np.zeros((10, 28, 28), np.uint8)
-    with pytest.raises(ValueError, match="--batch-size 100 is larger"):
+    with pytest.raises(ValueError, match="batch_size 100 is larger than the 10 training images"):
         train(TrainConfig(epochs=1), x, np.zeros(10, np.int64), CPU, log=_quiet)
 
 
