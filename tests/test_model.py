@@ -52,6 +52,8 @@ def test_the_registry_names_each_lab_and_its_training():
     mine = TrainConfig(model="cnn", optimizer="sgd", lr=0.01)
     assert (mine.optimizer, mine.lr) == ("sgd", 0.01)
     assert TrainConfig(**TrainConfig(model="mlp").to_dict()) == TrainConfig(model="mlp")
+    assert TrainConfig(model="mlp", lr=0.1).lr == 0.1  # given, even where it is the default
+    assert str(TrainConfig.lr) == "0.1" and type(TrainConfig().lr) is float  # what CLIs show
 
 
 def test_the_classic_configs_dict_is_what_it_was_before_models():
