@@ -1,12 +1,15 @@
 """Side-by-side benchmark: the classic tutorial loop against mnist-ray's training, in one
-process on the same data and device; then the CLI end to end.
+process on the same data, device and thread count; then the CLI end to end.
 
     python bench/bench.py                    # CPU: 15 epochs each, then the CLI timings
     python bench/bench.py --device cuda      # on a GPU machine
     python bench/bench.py --classic-epochs 3 # shorter: the classic loop's time per epoch x 15
     python bench/bench.py --skip-cli --profile  # and where one epoch of ours spends its time
+    python bench/bench.py --model cnn --threads 2   # a lab's model: one epoch each
 
-Prints each time, the ratio, and peak memory. MNIST comes from --data-dir or
+`--model` takes a built-in model (mnist_ray.model.list_models()); its classic loop is
+the lab's own program, as tests/test_labs.py writes it. Prints each time with the
+thread count it ran with, the ratio, and peak memory. MNIST comes from --data-dir or
 $MNIST_RAY_DATA (see README).
 """
 
@@ -28,32 +31,53 @@ import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 import torch
 
+ROOT = Path(__file__).resolve().parents[1]
 
-def classic(data_dir: str, device: torch.device, epochs: int) -> tuple[float, list[float]]:
-    """The tutorial's program: DataLoader over torchvision's MNIST with ToTensor."""
+
+def lab_model(name: str) -> torch.nn.Module:
+    """The lab's own model code for a built-in model name (written once, in the tests)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_labs import LABS
+
+    return LABS[name]()
+
+
+def classic(
+    data_dir: str, device: torch.device, epochs: int, name: str = "softmax"
+) -> tuple[float, list[float]]:
+    """The model's program: DataLoader over torchvision's MNIST with ToTensor, the lab's
+    model built after the seed, its optimizer (SGD lr 0.1 for the tutorial, Adam lr 0.001
+    from lab 10 on) and its loop."""
     import torchvision.datasets as dsets
     import torchvision.transforms as transforms
 
+    from mnist_ray.config import MODEL_DEFAULTS
+
+    optimizer_name, lr = MODEL_DEFAULTS[name]
     random.seed(777)
     torch.manual_seed(777)
     mnist_train = dsets.MNIST(root=data_dir, train=True, transform=transforms.ToTensor())
     loader = torch.utils.data.DataLoader(mnist_train, batch_size=100, shuffle=True, drop_last=True)
-    linear = torch.nn.Linear(784, 10, bias=True).to(device)
+    model = lab_model(name).to(device)
     criterion = torch.nn.CrossEntropyLoss().to(device)
-    optimizer = torch.optim.SGD(linear.parameters(), lr=0.1)
+    make = torch.optim.SGD if optimizer_name == "sgd" else torch.optim.Adam
+    optimizer = make(model.parameters(), lr=lr)
+    flatten = not name.startswith("cnn")  # the MLP labs take X.view(-1, 28 * 28)
+    model.train()
     _sync(device)
     started = time.perf_counter()
     costs = []
     for _ in range(epochs):
         avg_cost = 0
         for X, Y in loader:
-            X = X.view(-1, 28 * 28).to(device)
+            X = (X.view(-1, 28 * 28) if flatten else X).to(device)
             Y = Y.to(device)
             optimizer.zero_grad()
-            cost = criterion(linear(X), Y)
+            cost = criterion(model(X), Y)
             cost.backward()
             optimizer.step()
             avg_cost += cost / len(loader)
@@ -62,13 +86,16 @@ def classic(data_dir: str, device: torch.device, epochs: int) -> tuple[float, li
     return time.perf_counter() - started, costs
 
 
-def ours(data_dir: str, device: torch.device, epochs: int) -> tuple[float, list[float], str]:
+def ours(
+    data_dir: str, device: torch.device, epochs: int, name: str = "softmax"
+) -> tuple[float, list[float], str]:
     from mnist_ray.config import TrainConfig
     from mnist_ray.data import load
     from mnist_ray.train import train
 
     images, labels = load("mnist", "train", data_dir)
-    result = train(TrainConfig(epochs=epochs), images, labels, device, log=lambda _: None)
+    cfg = TrainConfig(epochs=epochs, model=name)
+    result = train(cfg, images, labels, device, log=lambda _: None, threads=torch.get_num_threads())
     _sync(device)
     return result.seconds, result.epoch_costs, result.device
 
@@ -136,20 +163,21 @@ def timeline(lines: list[tuple[float, str]], total: float) -> str:
 def side_by_side(args, device: torch.device) -> None:
     """The classic loop and ours, in this process, on the same data and device."""
     classic_epochs = args.classic_epochs or args.epochs
+    threads = f"{torch.get_num_threads()} threads"  # both loops run with it
     # Ours is short enough to time several times: a shared 2-core VM moves a 1 s figure
     # by a third from one run to the next. The ratio uses the median.
     times = []
     for _ in range(args.repeat):
-        ours_s, ours_costs, ours_device = ours(args.data_dir, device, args.epochs)
+        ours_s, ours_costs, ours_device = ours(args.data_dir, device, args.epochs, args.model)
         times.append(ours_s)
     ours_s = statistics.median(times)
     if device.type == "cuda":
         ours_peak = torch.cuda.max_memory_allocated(device) / 2**20
         torch.cuda.reset_peak_memory_stats(device)
-    classic_s, classic_costs = classic(args.data_dir, device, classic_epochs)
+    classic_s, classic_costs = classic(args.data_dir, device, classic_epochs, args.model)
     scaled = classic_s * args.epochs / classic_epochs
     print(
-        f"classic loop : {classic_s:8.2f} s for {classic_epochs} epochs"
+        f"classic loop : {classic_s:8.2f} s for {classic_epochs} epochs, {threads}"
         + (
             f" (x{args.epochs / classic_epochs:g} = {scaled:.2f} s)"
             if classic_epochs != args.epochs
@@ -158,10 +186,10 @@ def side_by_side(args, device: torch.device) -> None:
     )
     spread = f" (median of {len(times)}: {', '.join(f'{t:.2f}' for t in times)})"
     print(
-        f"mnist-ray    : {ours_s:8.2f} s for {args.epochs} epochs on {ours_device}"
+        f"mnist-ray    : {ours_s:8.2f} s for {args.epochs} epochs on {ours_device}, {threads}"
         + (spread if len(times) > 1 else "")
     )
-    print(f"ratio        : {scaled / ours_s:8.1f}x faster")
+    print(f"ratio        : {scaled / ours_s:8.1f}x faster ({threads})")
     n = min(len(ours_costs), len(classic_costs))
     diff = max(abs(a - b) for a, b in zip(ours_costs[:n], classic_costs[:n], strict=False))
     print(
@@ -178,10 +206,10 @@ def side_by_side(args, device: torch.device) -> None:
             "(this process, both loops)"
         )
     if args.profile:
-        profile_one_epoch(args.data_dir, device)
+        profile_one_epoch(args.data_dir, device, args.model)
 
 
-def profile_one_epoch(data_dir: str, device: torch.device) -> None:
+def profile_one_epoch(data_dir: str, device: torch.device, name: str = "softmax") -> None:
     """Where one epoch of ours spends its time, operation by operation (torch.profiler):
     the matrix products and the batch gather are the arithmetic; the rest is dispatch
     and autograd's bookkeeping."""
@@ -192,7 +220,8 @@ def profile_one_epoch(data_dir: str, device: torch.device) -> None:
     from mnist_ray.train import Training
 
     images, labels = load("mnist", "train", data_dir)
-    run = iter(Training(TrainConfig(epochs=2), images, labels, device, log=lambda _: None))
+    cfg = TrainConfig(epochs=2, model=name)
+    run = iter(Training(cfg, images, labels, device, log=lambda _: None))
     next(run)  # warm
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
@@ -205,7 +234,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", default=os.environ.get("MNIST_RAY_DATA"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--model", default="softmax", help="a built-in model (default softmax)")
+    parser.add_argument("--epochs", type=int, default=None, help="default: 15 for softmax, else 1")
+    parser.add_argument("--threads", type=int, default=None, help="default: torch's own count")
     parser.add_argument("--classic-epochs", type=int, default=None, help="default: --epochs")
     parser.add_argument("--repeat", type=int, default=3, help="times ours is timed (median)")
     parser.add_argument("--profile", action="store_true", help="ours, one epoch, op by op")
@@ -216,14 +247,25 @@ def main() -> None:
     args = parser.parse_args()
     if not args.data_dir:
         sys.exit("set --data-dir or MNIST_RAY_DATA to the folder holding MNIST/raw/")
+    from mnist_ray.model import list_models
+
+    if args.model not in list_models():
+        sys.exit(f"--model {args.model}: not a built-in model; choose one of {list_models()}")
+    if args.epochs is None:
+        args.epochs = 15 if args.model == "softmax" else 1  # a lab's epoch takes a while
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"device: {name}; torch {torch.__version__}; threads {torch.get_num_threads()}")
+    print(
+        f"device: {name}; torch {torch.__version__}; threads {torch.get_num_threads()}; "
+        f"model {args.model}"
+    )
 
     if not args.address_only:
         side_by_side(args, device)
-    if args.skip_cli or not shutil.which("mnist-ray"):
-        return
+    if args.skip_cli or not shutil.which("mnist-ray") or args.model != "softmax":
+        return  # the CLI trains the default model
     with tempfile.TemporaryDirectory() as store:
         env = dict(os.environ, MNIST_RAY_DATA=args.data_dir)
         if not args.address_only:

@@ -4,16 +4,21 @@
 
 Written as often as `--checkpoint-every` says (a clock, not every epoch: a GPU epoch
 takes milliseconds and must not wait on storage). Each holds the weights, torch's
-global RNG state (it draws every epoch's shuffle) and the costs so far: with them a
-resumed run takes exactly the steps an uninterrupted one takes (plain SGD keeps no
-optimizer state). safetensors, no pickle.
+global RNG state (it draws every epoch's shuffle, and dropout's masks on the CPU), the
+CUDA RNG state on a GPU (dropout's masks there), the optimizer's state (Adam's step
+count and moments; plain SGD keeps none) and the costs so far: with them a resumed run
+takes exactly the steps an uninterrupted one takes. safetensors, no pickle.
+
+    from mnist_ray import checkpoints
+    checkpoints.save(store, run_id, run.checkpoint())     # run: a train.Training
+    ckpt = checkpoints.latest(store, run_id, shapes=None)  # None: Training checks the shapes
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -29,6 +34,8 @@ class Checkpoint:
     epoch_costs: list[float]
     weights: dict[str, np.ndarray]
     rng_state: np.ndarray  # torch's global CPU generator state, uint8
+    optimizer: dict[str, np.ndarray] = field(default_factory=dict)  # "<param index>.<name>"
+    cuda_rng_state: np.ndarray | None = None  # the training GPU's generator state, uint8
 
 
 _NAME = re.compile(r"epoch-(\d+)\.safetensors$")
@@ -40,14 +47,21 @@ def folder(run_id: str) -> str:
 
 def save(store: Store, run_id: str, ckpt: Checkpoint) -> str:
     arrays = {f"weights.{k}": v for k, v in ckpt.weights.items()}
+    arrays |= {f"optimizer.{k}": v for k, v in ckpt.optimizer.items()}
     arrays["rng_state"] = np.asarray(ckpt.rng_state, dtype=np.uint8)
+    if ckpt.cuda_rng_state is not None:
+        arrays["cuda_rng_state"] = np.asarray(ckpt.cuda_rng_state, dtype=np.uint8)
     arrays["epoch_costs"] = np.asarray(ckpt.epoch_costs, dtype=np.float64)
     data = encode_tensors(arrays, {"run_id": run_id, "epoch": str(ckpt.epoch)})
     return store.write_bytes(f"{folder(run_id)}/epoch-{ckpt.epoch:08d}.safetensors", data)
 
 
-def latest(store: Store, run_id: str) -> Checkpoint | None:
-    """The newest checkpoint of a run, or None when it has none."""
+def latest(
+    store: Store, run_id: str, shapes: dict[str, tuple[int, ...]] | None = WEIGHT_SHAPES
+) -> Checkpoint | None:
+    """The newest checkpoint of a run, or None when it has none. Its weights must have
+    `shapes` (the softmax model's by default; None: not checked here, as when the
+    model's own load checks them)."""
     numbered = [
         (int(m.group(1)), name)
         for name in store.list(folder(run_id), ".safetensors")
@@ -57,8 +71,9 @@ def latest(store: Store, run_id: str) -> Checkpoint | None:
         return None
     relpath = max(numbered)[1]  # by the number, not the name: any epoch count, any padding
     arrays = decode_tensors(store.read_bytes(relpath), store.uri(relpath))
-    weights = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("weights.")}
-    if {k: v.shape for k, v in weights.items()} != WEIGHT_SHAPES or "rng_state" not in arrays:
+    weights, optimizer = _prefixed(arrays, "weights."), _prefixed(arrays, "optimizer.")
+    wrong = shapes is not None and {k: v.shape for k, v in weights.items()} != shapes
+    if wrong or not weights or "rng_state" not in arrays:
         raise StoreError(f"{store.uri(relpath)}: not a checkpoint of this model")
     costs = arrays["epoch_costs"].tolist()
     return Checkpoint(
@@ -66,7 +81,13 @@ def latest(store: Store, run_id: str) -> Checkpoint | None:
         epoch_costs=costs,
         weights=weights,
         rng_state=arrays["rng_state"],
+        optimizer=optimizer,
+        cuda_rng_state=arrays.get("cuda_rng_state"),
     )
+
+
+def _prefixed(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    return {k.removeprefix(prefix): v for k, v in arrays.items() if k.startswith(prefix)}
 
 
 def clear(store: Store, run_id: str) -> None:

@@ -22,7 +22,7 @@ from mnist_ray.schema import RUNS
 from mnist_ray.store import Store
 
 # The parameters a run was trained with; sweep_id joins them once the store has it.
-PARAMS = [f.name for f in dataclasses.fields(TrainConfig)] + [
+PARAMS = [f.name for f in dataclasses.fields(TrainConfig) if f.name in RUNS.names] + [
     n for n in ("sweep_id",) if n in RUNS.names
 ]
 METRICS = ["last_cost", "best_cost", "accuracy", "device", "train_seconds"]

@@ -18,6 +18,28 @@ IN_FEATURES = 28 * 28  # one flattened image
 NUM_CLASSES = 10  # digits 0..9 (or the ten Fashion-MNIST classes)
 # What a weights file must hold, name -> shape; checked on every load (no torch needed).
 WEIGHT_SHAPES = {"weight": (NUM_CLASSES, IN_FEATURES), "bias": (NUM_CLASSES,)}
+# Each built-in model's training defaults, from the course program it reproduces (model.py
+# holds the modules): (optimizer, learning rate). Every lab from lab 10 on is Adam lr 0.001.
+MODEL_DEFAULTS = {
+    "softmax": ("sgd", 0.1),  # the classic tutorial: nn.Linear(784, 10), plain SGD
+    "mlp": ("adam", 0.001),  # lab-10-2-mnist_nn.py
+    "mlp-xavier": ("adam", 0.001),  # lab-10-3-mnist_nn_xavier.py
+    "mlp-deep": ("adam", 0.001),  # lab-10-4-mnist_nn_deep.py
+    "mlp-dropout": ("adam", 0.001),  # lab-10-5-mnist_nn_dropout.py
+    "cnn": ("adam", 0.001),  # lab-11-1-mnist_cnn.py
+    "cnn-deep": ("adam", 0.001),  # lab-11-2-mnist_deep_cnn.py
+}
+DEFAULT_MODEL = "softmax"
+
+
+class _LabRate(float):
+    """TrainConfig.lr's default: reads as the tutorial's 0.1 (the default the CLI and a
+    sweep show), and tells TrainConfig that no rate was given, so the model's lab's
+    rate applies (Adam's 0.001 for the labs after the tutorial)."""
+
+
+LAB_LR = _LabRate(MODEL_DEFAULTS[DEFAULT_MODEL][1])
+OPTIMIZERS = ("sgd", "adam")  # torch.optim.SGD without momentum, torch.optim.Adam's defaults
 # Seconds between the checkpoints a retried training task (or sweep trial) resumes from;
 # 0: after every epoch. Never after the last epoch, whose weights are stored anyway.
 CHECKPOINT_EVERY = 60.0
@@ -44,23 +66,54 @@ class TrainConfig:
     dataset: str = "mnist"  # "mnist" or "fashion-mnist": same shapes, same code path
     epochs: int = 15  # the tutorial's training_epochs
     batch_size: int = 100  # the tutorial's batch_size; the last partial batch is dropped
-    lr: float = 0.1  # plain SGD learning rate, no momentum
+    lr: float = LAB_LR  # unless given, the model's lab's: 0.1 for softmax, 0.001 for Adam
     seed: int = 777  # random.seed and torch.manual_seed, before anything else
+    model: str = DEFAULT_MODEL  # a name in MODEL_DEFAULTS (model.py builds it)
+    optimizer: str | None = None  # "sgd" or "adam"; None: the model's lab's
+
+    def __post_init__(self):
+        # A field left as None takes the model's lab default here, once, so that every
+        # reader (the run row, a sweep's trial, a checkpoint) sees the value trained with.
+        optimizer, lr = MODEL_DEFAULTS.get(self.model, (None, None))
+        if self.optimizer is None:
+            object.__setattr__(self, "optimizer", optimizer)
+        if self.lr is LAB_LR or self.lr is None:
+            object.__setattr__(self, "lr", lr)
 
     def validate(self) -> TrainConfig:
         check_dataset(self.dataset)
+        if self.model not in MODEL_DEFAULTS and ":" not in self.model:  # or a user's module:attr
+            raise ConfigError(
+                "model",
+                f"unknown model {self.model!r}; choose one of {', '.join(MODEL_DEFAULTS)}",
+            )
+        if self.optimizer is None or self.lr is None:
+            option = "optimizer" if self.optimizer is None else "lr"
+            raise ConfigError(option, f"model {self.model} has no lab default: give one")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(
+                "optimizer",
+                f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}",
+            )
         if not 1 <= self.epochs <= 10_000:
             raise ConfigError("epochs", f"{self.epochs} is not in 1..10000")
         if not 1 <= self.batch_size <= 60_000:
             raise ConfigError("batch_size", f"{self.batch_size} is not in 1..60000")
-        if not (math.isfinite(self.lr) and self.lr > 0):
+        if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError("lr", f"{self.lr} must be a finite number above 0")
         if not 0 <= self.seed < 2**63:
             raise ConfigError("seed", f"{self.seed} is not in 0..2**63-1")
         return self
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields by name (TrainConfig(**d) gives it back). `model` and `optimizer` are
+        left out while they are the tutorial's (softmax, sgd), so the classic job's run
+        rows, sweep trials and task arguments are exactly what they were before models:
+        a run row has no column for them yet."""
+        d = asdict(self)
+        if (self.model, self.optimizer) == (DEFAULT_MODEL, MODEL_DEFAULTS[DEFAULT_MODEL][0]):
+            del d["model"], d["optimizer"]
+        return d
 
 
 @dataclass(frozen=True)

@@ -1,67 +1,207 @@
-"""The model: softmax regression, one linear layer from 784 pixels to 10 class scores.
+"""The models: the course's MNIST programs as nn.Modules, each written once, found by name.
 
-    from mnist_ray.model import make_model, numpy_logits
-    model = make_model()                 # an nn.Module; training calls model(x)
-    numpy_logits(weights, images)        # the same forward on numpy arrays, for shard workers
+    from mnist_ray.model import get_model, list_models, spec, parameter_count
+    list_models()                 # ['softmax', 'mlp', 'mlp-xavier', ..., 'cnn-deep']
+    model = get_model("cnn")      # images (B, 1, 28, 28) float in 0..1 -> (B, 10) scores
+    spec("cnn").lab               # 'lab-11-1-mnist_cnn.py', the program it reproduces
+    spec("cnn").optimizer, spec("cnn").lr    # ('adam', 0.001): that program's training
+    parameter_count("cnn")        # 50186
+    with_weights("cnn", weights)  # a module holding stored weights, in eval mode
 
-The forward pass is written once, in `forward`, against a small table of operations;
-`TORCH` gives the module its operations, `NUMPY` gives evaluation its own. So training
-(which calls the module) and evaluation (which calls `numpy_logits`, because a shard
-worker that imported torch would spend seconds on the import alone) both follow from
-this one function: change it and both change. What could still diverge is the two
-tables, and tests/test_model.py fails the moment they disagree, for every model in
-MODELS.
+The programs are the course's (deeplearningzerotoall/PyTorch, folder CNN/). Each builds
+its layers one after another from the seeded global RNG, so every class below builds
+them in the same order, with the same initialisation after them: the same seed gives
+the same initial weights, and the state_dict names are the program's where it has
+them. `MODELS` is only the table from a name to a class or builder; the classes are
+what a reader opens.
 """
 
 from __future__ import annotations
 
-import functools
-from types import SimpleNamespace
+import itertools
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
+import torch
+from torch import nn
 
-from mnist_ray.config import IN_FEATURES, NUM_CLASSES
+from mnist_ray.config import IN_FEATURES, MODEL_DEFAULTS, NUM_CLASSES
 
-
-def forward(x, params, ops):
-    """Class scores for a batch of flattened images: the model, once."""
-    return ops.linear(x, params["weight"], params["bias"])
-
-
-# numpy's side: float64, so an image's scores don't depend on how many images share the
-# matrix product (every shard count gives the same predictions).
-NUMPY = SimpleNamespace(linear=lambda x, w, b: x @ w.T + b)
+IMAGE_SHAPE = (1, 28, 28)  # what every model takes per image: one channel, 28x28, 0..1
 
 
-def numpy_logits(weights: dict[str, np.ndarray], images: np.ndarray) -> np.ndarray:
-    """The module's forward on uint8 images, scaled to 0..1 exactly as in training."""
-    x = images.reshape(len(images), -1).astype(np.float64) / 255.0
-    params = {k: np.asarray(v, dtype=np.float64) for k, v in weights.items()}
-    return forward(x, params, NUMPY)
+class SoftmaxRegression(nn.Linear):
+    """The classic tutorial (lab-07-4): `nn.Linear(784, 10, bias=True)` on the flattened
+    image; its parameters, initialisation and state_dict names ('weight', 'bias')."""
+
+    def __init__(self):
+        super().__init__(IN_FEATURES, NUM_CLASSES, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.flatten(1))  # a view: the same addmm as on (B, 784)
 
 
-@functools.cache
-def _torch_module():
-    """The nn.Module class, built on first use so that importing this file needs no torch."""
-    import torch.nn.functional as F
-    from torch import nn
+class MLP(nn.Sequential):
+    """Fully connected layers with a ReLU between each two (labs 10-2 to 10-5).
 
-    ops = SimpleNamespace(linear=F.linear)  # F.linear is what nn.Linear runs: addmm
+    Like the labs: every nn.Linear is built first, in order, then (xavier=True) each
+    weight is re-drawn with `xavier_uniform_`, in order; dropout, if any, follows each
+    ReLU. The state_dict names are the labs' `nn.Sequential(linear1, relu, ...)` ones."""
 
-    class SoftmaxRegression(nn.Linear):
-        """nn.Linear(784, 10): its parameters, its initialisation, its state_dict names;
-        the forward is this module's `forward` above."""
+    def __init__(self, widths: tuple[int, ...], xavier: bool = False, dropout: float = 0.0):
+        linears = [nn.Linear(a, b, bias=True) for a, b in itertools.pairwise(widths)]
+        if xavier:
+            for linear in linears:
+                nn.init.xavier_uniform_(linear.weight)
+        layers = []
+        for linear in linears[:-1]:
+            layers += [linear, nn.ReLU()] + ([nn.Dropout(p=dropout)] if dropout else [])
+        super().__init__(*layers, linears[-1])
 
-        def forward(self, x):
-            return forward(x, {"weight": self.weight, "bias": self.bias}, ops)
-
-    return SoftmaxRegression
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.flatten(1))  # the labs' X.view(-1, 28 * 28)
 
 
-MODELS = {"softmax-regression": _torch_module}  # every model the package has
+def conv_block(cin: int, cout: int, pool_padding: int = 0) -> nn.Sequential:
+    """3x3 convolution (same size), ReLU, 2x2 max-pool: the labs' `layerN`."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel_size=3, stride=1, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(kernel_size=2, stride=2, padding=pool_padding),
+    )
 
 
-def make_model(name: str = "softmax-regression"):
-    # Built on the CPU from the seeded global RNG, then moved: the same initial weights
-    # on every device, as in the tutorial (`nn.Linear(784, 10, bias=True).to(device)`).
-    return MODELS[name]()(IN_FEATURES, NUM_CLASSES, bias=True)
+class CNN(nn.Module):
+    """lab-11-1: two conv blocks (28x28x1 -> 14x14x32 -> 7x7x64), then a linear layer
+    with a Xavier-initialised weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer1 = conv_block(1, 32)
+        self.layer2 = conv_block(32, 64)
+        self.fc = nn.Linear(7 * 7 * 64, NUM_CLASSES, bias=True)
+        nn.init.xavier_uniform_(self.fc.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layer2(self.layer1(x))
+        return self.fc(out.flatten(1))
+
+
+class DeepCNN(nn.Module):
+    """lab-11-2: three conv blocks (the third pools 7x7 to 4x4 with padding), a 625-unit
+    layer with ReLU and dropout 0.5, then the output layer; both linear weights Xavier,
+    each drawn right after its layer is built, as the lab does. (The lab also names the
+    625-unit layer `fc1`, a second name for `layer4.0`; it is kept once here.)"""
+
+    def __init__(self, keep_prob: float = 0.5):
+        super().__init__()
+        self.layer1 = conv_block(1, 32)
+        self.layer2 = conv_block(32, 64)
+        self.layer3 = conv_block(64, 128, pool_padding=1)
+        fc1 = nn.Linear(4 * 4 * 128, 625, bias=True)
+        nn.init.xavier_uniform_(fc1.weight)
+        self.layer4 = nn.Sequential(fc1, nn.ReLU(), nn.Dropout(p=1 - keep_prob))
+        self.fc2 = nn.Linear(625, NUM_CLASSES, bias=True)
+        nn.init.xavier_uniform_(self.fc2.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc2(self.layer4(out.flatten(1)))
+
+
+def mlp() -> MLP:
+    return MLP((IN_FEATURES, 256, 256, NUM_CLASSES))
+
+
+def mlp_xavier() -> MLP:
+    return MLP((IN_FEATURES, 256, 256, NUM_CLASSES), xavier=True)
+
+
+def mlp_deep() -> MLP:
+    # lab-10-4 builds and initialises these five layers, then (a slip in the lab) puts
+    # only the first three in its nn.Sequential, which leaves 512 outputs; the five are
+    # the model the lab describes and that lab-10-5 trains with dropout.
+    return MLP((IN_FEATURES, 512, 512, 512, 512, NUM_CLASSES), xavier=True)
+
+
+def mlp_dropout() -> MLP:
+    keep_prob = 0.7  # the lab's; p = 1 - keep_prob exactly as it computes it
+    return MLP((IN_FEATURES, 512, 512, 512, 512, NUM_CLASSES), xavier=True, dropout=1 - keep_prob)
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    build: Callable[[], nn.Module]  # a class or builder; called after the seed is set
+    lab: str  # the course program it reproduces (deeplearningzerotoall/PyTorch, CNN/)
+
+    @property
+    def optimizer(self) -> str:  # the lab's, kept with the other defaults in config.py
+        return MODEL_DEFAULTS[self.name][0]
+
+    @property
+    def lr(self) -> float:
+        return MODEL_DEFAULTS[self.name][1]
+
+
+MODELS = {  # every built-in model, by name
+    s.name: s
+    for s in (
+        Spec("softmax", SoftmaxRegression, "lab-07-4-mnist_introduction.py"),
+        Spec("mlp", mlp, "lab-10-2-mnist_nn.py"),
+        Spec("mlp-xavier", mlp_xavier, "lab-10-3-mnist_nn_xavier.py"),
+        Spec("mlp-deep", mlp_deep, "lab-10-4-mnist_nn_deep.py"),
+        Spec("mlp-dropout", mlp_dropout, "lab-10-5-mnist_nn_dropout.py"),
+        Spec("cnn", CNN, "lab-11-1-mnist_cnn.py"),
+        Spec("cnn-deep", DeepCNN, "lab-11-2-mnist_deep_cnn.py"),
+    )
+}
+
+
+def list_models() -> list[str]:
+    return list(MODELS)
+
+
+def spec(name: str) -> Spec:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+def get_model(name: str = "softmax") -> nn.Module:
+    """A new module with initial weights drawn from the global RNG, on the CPU, as the
+    lab draws them (seed first: `torch.manual_seed`)."""
+    return spec(name).build()
+
+
+def _shell(name: str) -> nn.Module:
+    """The module's structure without weights (on the meta device: no RNG draw, no memory)."""
+    with torch.device("meta"):
+        return spec(name).build()
+
+
+def parameter_count(name: str) -> int:
+    return sum(p.numel() for p in _shell(name).parameters())
+
+
+def weight_shapes(name: str) -> dict[str, tuple[int, ...]]:
+    """What a weights file of this model holds, name -> shape (its state_dict)."""
+    return {k: tuple(v.shape) for k, v in _shell(name).state_dict().items()}
+
+
+def with_weights(model: str | nn.Module, weights: dict[str, np.ndarray]) -> nn.Module:
+    """The model holding `weights` (float32 arrays, as stored), in eval mode, on the CPU.
+    A name is built on the meta device and given the arrays themselves (no copy, no RNG
+    draw); a module is loaded by copying."""
+    with warnings.catch_warnings():  # read-only arrays from Ray's object store: only read
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+        state = {k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()}
+    if isinstance(model, str):
+        module = _shell(model)
+        module.load_state_dict(state, assign=True)
+    else:
+        module = model
+        module.load_state_dict(state)
+    return module.eval()

@@ -1,31 +1,39 @@
-"""Training: the classic softmax-regression loop, plain torch, no Ray.
+"""Training: the course's loops (the classic softmax regression and the labs after it),
+plain torch, no Ray.
 
     import torch
     from mnist_ray.config import TrainConfig
     from mnist_ray.data import load
     from mnist_ray.train import Training, train
     images, labels = load("mnist", "train")
-    result = train(TrainConfig(), images, labels, torch.device("cpu"))
+    result = train(TrainConfig(), images, labels, torch.device("cpu"), threads=2)
     result.epoch_costs[-1]          # 0.274422765..., the tutorial's last printed cost
+    train(TrainConfig(model="cnn"), images, labels, torch.device("cpu"), threads=2)
 
     run = Training(TrainConfig(), images, labels, torch.device("cpu"))
     for epoch in run:               # one Epoch(epoch, cost, seconds) as each completes
         ckpt = run.checkpoint()     # the state to resume from, copied to the host on demand
     run.result()
 
-With the tutorial's defaults this takes the tutorial's exact steps: the same initial
-weights, the same shuffled batches, the same SGD updates (tests/test_train.py runs the
-classic DataLoader loop beside it and compares the weights bit for bit). It is fast
-because the whole training set sits on the device as it was read (uint8, 47 MB) and
-each batch is gathered from it by the epoch's permutation and scaled by ToTensor's
-`float(pixel) / 255` in one operation: no DataLoader, no per-image transform, and no
-float copy of the set (188 MB) to make first. The batch costs stay on the device and
-are averaged once an epoch, in the tutorial's order and precision. The step is the familiar one (forward through the model, loss, gradients, SGD update)
-written with `torch.autograd.grad` and `add_`, which computes what `zero_grad`,
-`backward` and `optimizer.step()` compute without torch.optim, whose first call
-imports torch._dynamo (3 s on a small CPU). On a GPU each epoch's steps are captured
-once as a CUDA graph and replayed, which removes the per-step launch overhead that
-dominates so small a model.
+With the defaults, each model takes its program's exact steps: the same initial
+weights (the model built right after the seed, as the program builds it), the same
+shuffled batches, the same dropout masks (the model in train mode, the global RNG drawn
+in the program's order: each epoch's shuffle, then the batches' forwards), the same
+optimizer arithmetic (tests/test_train.py and tests/test_labs.py run the programs' own
+DataLoader loops beside it and compare the weights bit for bit). The thread count is
+set by the caller and recorded: float32 sums, and so the costs, depend on it.
+
+It is fast because the whole training set sits on the device as it was read (uint8, 47
+MB) and each batch is gathered from it by the epoch's permutation and scaled by
+ToTensor's `float(pixel) / 255` in one operation: no DataLoader, no per-image transform,
+and no float copy of the set (188 MB) to make first. The batch costs stay on the device
+and are averaged once an epoch, in the program's order and precision. The step is the
+familiar one (forward, loss, gradients, update). Plain SGD is written with
+`torch.autograd.grad` and `add_`, which computes what `zero_grad`, `backward` and
+`optimizer.step()` compute, without torch.optim, whose first call imports torch._dynamo
+(3 s on a small CPU); Adam is torch.optim.Adam itself. On a GPU each epoch's steps are
+captured once as a CUDA graph and replayed (Adam with `capturable=True`), which removes
+the per-step launch overhead that dominates models this small.
 """
 
 from __future__ import annotations
@@ -43,16 +51,17 @@ from torch import nn
 
 from mnist_ray.checkpoints import Checkpoint
 from mnist_ray.config import TrainConfig, first_line
-from mnist_ray.model import make_model
+from mnist_ray.model import IMAGE_SHAPE, get_model
 
 
 @dataclass
 class TrainResult:
-    weights: dict[str, np.ndarray]  # "weight" (10, 784) and "bias" (10,), float32 on the CPU
+    weights: dict[str, np.ndarray]  # the model's state_dict, float32 on the CPU
     epoch_costs: list[float]  # the average cost of each epoch, as the tutorial prints it
     seconds: float  # the training loop alone, data on the device to weights back
     device: str  # e.g. "cpu" or "cuda:0 (NVIDIA H100 80GB HBM3)"
     cuda_graph: bool = False  # whether the epochs ran as a replayed CUDA graph
+    threads: int = 1  # torch's intra-op threads: the CPU costs depend on it
 
 
 @dataclass(frozen=True)
@@ -103,6 +112,29 @@ def average_cost(costs: torch.Tensor, steps: int) -> float:
     return float(np.add.accumulate((costs / steps).cpu().numpy())[-1])
 
 
+Model = nn.Module | Callable[[], nn.Module]  # a module, or a class or builder that makes one
+
+
+def build_model(model: Model | None, name: str) -> nn.Module:
+    """The module to train: the registry's `name` by default; a class or builder is called
+    (after the seed is set, so its initial weights follow from the seed), a module is
+    trained from the weights it holds."""
+    if model is None:
+        return get_model(name)
+    return model if isinstance(model, nn.Module) else model()
+
+
+def make_optimizer(
+    cfg: TrainConfig, params: list[torch.Tensor], capturable: bool = False
+) -> torch.optim.Optimizer | None:
+    """torch.optim.Adam as the labs make it (`Adam(model.parameters(), lr=learning_rate)`),
+    or None for plain SGD, which `sgd_step` does. `capturable` keeps Adam's step count
+    on the device, which a CUDA graph needs to replay the step."""
+    if cfg.optimizer == "sgd":
+        return None
+    return torch.optim.Adam(params, lr=cfg.lr, capturable=capturable)
+
+
 class Training:
     """One training run: iterate it for its epochs; `checkpoint()` and `result()` read it."""
 
@@ -116,32 +148,48 @@ class Training:
         resume: Checkpoint | None = None,
         log: Callable[[str], None] | None = None,
         cuda_graph: bool = True,  # on a GPU: replay each epoch as one captured graph
+        model: Model | None = None,  # None: the registry's cfg.model
+        threads: int | None = None,  # torch.set_num_threads(threads) first; None: as set
     ):
         self.cfg = cfg.validate()
         self.device = device
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        if threads is not None:
+            torch.set_num_threads(threads)
         random.seed(cfg.seed)  # the tutorial seeds both before anything else
         torch.manual_seed(cfg.seed)
-        self.model = make_model()  # initial weights from the seeded CPU RNG, on every device
+        # Built on the CPU from the seeded global RNG, then moved: the same initial weights
+        # on every device, as in the labs (`model = ...(...).to(device)`).
+        self.model = build_model(model, cfg.model)
         self.criterion = nn.CrossEntropyLoss()
         self.started = time.perf_counter()
-        self.model.to(device)
+        self.model.to(device).train()  # train mode: dropout draws its masks, as in the labs
         n = len(images)
         self.x = _tensor(images).to(device).reshape(n, -1)  # uint8: scaled per batch
         self.y = _tensor(labels).to(device, torch.int64)
         self.steps = n // cfg.batch_size  # drop_last: the tutorial's total_batch
         if self.steps == 0:
             raise ValueError(f"batch_size {cfg.batch_size} is larger than the {n} training images")
+        self.params = list(self.model.parameters())
+        graphed = device.type == "cuda" and cuda_graph
+        self.optimizer = make_optimizer(cfg, self.params, capturable=graphed)
         self.epoch_costs: list[float] = []
         if resume is not None:
-            _load_checkpoint(self.model, resume)
+            _load_checkpoint(self.model, self.optimizer, resume, device)
             self.epoch_costs = list(resume.epoch_costs)
         self.perm = torch.empty(n, dtype=torch.int64, device=device)
-        self.params = list(self.model.parameters())
         self.costs = torch.zeros(0, device=device)
         self.replay = None
-        if device.type == "cuda" and cuda_graph and len(self.epoch_costs) < cfg.epochs:
+        if graphed and len(self.epoch_costs) < cfg.epochs:
             self.replay = self._capture()
+
+    def _step(self, cost: torch.Tensor) -> None:
+        if self.optimizer is None:
+            sgd_step(self.params, cost, self.cfg.lr)
+        else:
+            self.optimizer.zero_grad()
+            cost.backward()
+            self.optimizer.step()
 
     def _epoch(self, count: int | None = None) -> None:
         """The tutorial's inner loop over this epoch's permutation (`self.perm`); the
@@ -153,14 +201,25 @@ class Training:
         costs = []
         for idx, y in zip(batches, targets, strict=True):
             x = self.x.index_select(0, idx) / 255  # ToTensor's float(pixel) / 255
-            cost = self.criterion(self.model(x), y)
-            sgd_step(self.params, cost, self.cfg.lr)
+            cost = self.criterion(self.model(x.view(-1, *IMAGE_SHAPE)), y)
+            self._step(cost)
             costs.append(cost.detach())
         self.costs = torch.stack(costs)
 
+    def _shuffle(self) -> None:
+        self.perm.copy_(epoch_permutation(len(self.perm)))  # drawn on the CPU, as DataLoader
+
+    def first_steps(self, count: int) -> list[float]:
+        """The next epoch's shuffle and its first `count` steps, eagerly, then stop: where
+        a comparison with a program's own loop ends (an epoch of a CNN takes a while).
+        Returns each step's cost; the epoch is not counted."""
+        self._shuffle()
+        self._epoch(count)
+        return self.costs.tolist()
+
     def __iter__(self) -> Iterator[Epoch]:
         for epoch in range(len(self.epoch_costs), self.cfg.epochs):
-            self.perm.copy_(epoch_permutation(len(self.perm)))  # drawn on the CPU, as DataLoader
+            self._shuffle()
             if self.replay is not None:
                 self.replay()
             else:
@@ -176,6 +235,12 @@ class Training:
             epoch_costs=list(self.epoch_costs),
             weights=_weights(self.model),
             rng_state=torch.get_rng_state().numpy().copy(),
+            optimizer=_optimizer_state(self.optimizer),
+            cuda_rng_state=(
+                torch.cuda.get_rng_state(self.device).numpy().copy()
+                if self.device.type == "cuda"
+                else None
+            ),
         )
 
     def result(self) -> TrainResult:
@@ -185,27 +250,29 @@ class Training:
             seconds=time.perf_counter() - self.started,
             device=describe(self.device),
             cuda_graph=self.replay is not None,
+            threads=torch.get_num_threads(),
         )
 
     def _capture(self) -> Callable[[], None] | None:
         """Capture one whole epoch as a CUDA graph; None (eager fallback) if capture fails."""
-        saved = [p.detach().clone() for p in self.model.parameters()]
+        rewind = _Rewind(self.params, self.optimizer, self.device)
         try:
             # Warm up on a side stream (cuBLAS handles, the caching allocator, autograd's
-            # buffers), as the CUDA-graph recipe asks, then put the parameters back.
+            # buffers, Adam's state), as the CUDA-graph recipe asks, then put the
+            # parameters, the optimizer's state and the CUDA RNG (dropout) back.
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 self.perm.copy_(torch.arange(len(self.perm)))
-                self._epoch(3)
+                self._epoch(min(3, self.steps))
             torch.cuda.current_stream().wait_stream(side)
-            _restore(self.model, saved)
+            rewind()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 self._epoch()
             return graph.replay
         except RuntimeError as exc:  # a driver or capture limitation: train eagerly instead
-            _restore(self.model, saved)
+            rewind()
             self.log(f"CUDA graph capture failed ({first_line(exc)}); training eagerly")
             return None
 
@@ -220,10 +287,15 @@ def train(
     on_epoch: Callable[[Checkpoint], None] | None = None,
     log: Callable[[str], None] | None = None,
     cuda_graph: bool = True,
+    model: Model | None = None,
+    threads: int | None = None,
 ) -> TrainResult:
     """Train `cfg.epochs` epochs from the seed, or on from `resume`; `on_epoch` gets a
     checkpoint after each epoch (a copy to the host: leave it out when not needed)."""
-    run = Training(cfg, images, labels, device, resume=resume, log=log, cuda_graph=cuda_graph)
+    run = Training(
+        cfg, images, labels, device,
+        resume=resume, log=log, cuda_graph=cuda_graph, model=model, threads=threads,
+    )  # fmt: skip
     for _ in run:
         if on_epoch is not None:
             on_epoch(run.checkpoint())
@@ -241,18 +313,71 @@ def _tensor(array: np.ndarray | torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(array)
 
 
-def _restore(model: nn.Module, saved: list[torch.Tensor]) -> None:
-    with torch.no_grad():
-        for param, value in zip(model.parameters(), saved, strict=True):
-            param.copy_(value)
+class _Rewind:
+    """Puts back, when called, what a CUDA graph's warm-up steps changed: the parameters,
+    the optimizer's state (created by the warm-up if it had none: then zeroed, which is
+    what a fresh state holds) and the CUDA RNG that dropout draws from. In place: the
+    graph captured next must use these very tensors."""
+
+    def __init__(self, params: list[torch.Tensor], optimizer, device: torch.device):
+        self.params = params
+        self.saved = [p.detach().clone() for p in params]
+        self.optimizer = optimizer
+        self.state = _state_tensors(optimizer, clone=True)
+        self.rng = torch.cuda.get_rng_state(device)
+        self.device = device
+
+    def __call__(self) -> None:
+        with torch.no_grad():
+            for param, value in zip(self.params, self.saved, strict=True):
+                param.copy_(value)
+            for key, tensor in _state_tensors(self.optimizer).items():
+                if key in self.state:
+                    tensor.copy_(self.state[key])
+                else:
+                    tensor.zero_()
+        torch.cuda.set_rng_state(self.rng, self.device)
+
+
+def _state_tensors(optimizer, clone: bool = False) -> dict[tuple[int, str], torch.Tensor]:
+    if optimizer is None:
+        return {}
+    state = optimizer.state_dict()["state"]  # by parameter index; the live tensors
+    return {
+        (i, k): (v.detach().clone() if clone else v)
+        for i, entries in state.items()
+        for k, v in entries.items()
+        if isinstance(v, torch.Tensor)
+    }
 
 
 def _weights(model: nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
 
 
-def _load_checkpoint(model: nn.Module, ckpt: Checkpoint) -> None:
-    with torch.no_grad():
-        for name, value in model.state_dict().items():
-            value.copy_(torch.from_numpy(np.asarray(ckpt.weights[name])))
+def _optimizer_state(optimizer) -> dict[str, np.ndarray]:
+    """Adam's state (step count, first and second moments) per parameter, as arrays named
+    '<parameter index>.<name>'; empty for plain SGD, which keeps none."""
+    return {f"{i}.{k}": v.cpu().numpy().copy() for (i, k), v in _state_tensors(optimizer).items()}
+
+
+def _load_checkpoint(model: nn.Module, optimizer, ckpt: Checkpoint, device: torch.device) -> None:
+    state = {k: torch.from_numpy(np.array(v)) for k, v in ckpt.weights.items()}
+    try:
+        model.load_state_dict(state)  # checks every name and shape; copies in place
+    except RuntimeError as exc:
+        raise ValueError(
+            f"the checkpoint after epoch {ckpt.epoch} does not fit this model ({first_line(exc)})"
+        ) from None
+    if optimizer is not None and ckpt.optimizer:
+        entries: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in ckpt.optimizer.items():
+            index, name = key.split(".", 1)
+            entries.setdefault(int(index), {})[name] = torch.from_numpy(np.array(value))
+        saved = optimizer.state_dict()  # the hyperparameters this run was made with
+        saved["state"] = entries
+        optimizer.load_state_dict(saved)  # moves each moment to its parameter's device
     torch.set_rng_state(torch.from_numpy(np.asarray(ckpt.rng_state, dtype=np.uint8).copy()))
+    if ckpt.cuda_rng_state is not None and device.type == "cuda":
+        rng = np.asarray(ckpt.cuda_rng_state, dtype=np.uint8).copy()
+        torch.cuda.set_rng_state(torch.from_numpy(rng), device)

@@ -88,3 +88,44 @@ def test_the_first_25_misclassified_images_for_any_shard_count(tutorial_weights,
         first = kept[0]
         assert first["label"] == labels[first["index"]] != first["prediction"]
         assert np.array_equal(np.asarray(first["pixels"]).reshape(28, 28), images[first["index"]])
+
+
+@pytest.fixture(scope="module")
+def cnn_weights():
+    """Random-init CNN weights: enough to give scores whose float32 sums could depend on
+    how many images share a forward (a trained CNN isn't needed for that)."""
+    import torch
+
+    from mnist_ray.model import get_model
+
+    torch.manual_seed(11)
+    return {k: v.numpy() for k, v in get_model("cnn").state_dict().items()}
+
+
+def test_a_cnn_gives_identical_results_for_1_3_and_4_shards(cnn_weights, mnist_test):
+    """Shards of 3334 and 2500 images start inside the fixed 100-image micro-batches;
+    every count, every confusion cell and the sample must still be the 1-shard ones."""
+    images, labels = mnist_test
+    results = {
+        shards: merge(
+            [
+                evaluate_shard(cnn_weights, images, labels, a, b, sample=3757, model="cnn")
+                for a, b in shard_bounds(len(labels), shards)
+            ]
+        )
+        for shards in (1, 3, 4)
+    }
+    assert results[3] == results[1] and results[4] == results[1]
+    assert results[1]["total"] == 10000 and results[1]["sample"]["index"] == 3757
+
+
+def test_each_image_is_scored_in_its_aligned_micro_batch(cnn_weights, mnist_test):
+    """A shard's scores are exactly the rows of the whole set's, wherever it starts."""
+    from mnist_ray.evaluate import MICRO_BATCH, logits
+
+    images, _ = mnist_test
+    whole = logits(cnn_weights, images[:400], model="cnn")
+    assert MICRO_BATCH == 100 and whole.shape == (400, 10)
+    for start, stop in ((0, 400), (150, 250), (99, 101), (333, 334), (200, 200)):
+        part = logits(cnn_weights, images[:400], start, stop, model="cnn")
+        assert np.array_equal(part, whole[start:stop]), (start, stop)

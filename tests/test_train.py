@@ -15,7 +15,7 @@ import torch
 from reference import TUTORIAL_COSTS, classic_training
 
 from mnist_ray.config import TrainConfig
-from mnist_ray.train import epoch_permutation, train
+from mnist_ray.train import Training, epoch_permutation, train
 
 CPU = torch.device("cpu")
 
@@ -69,6 +69,39 @@ def test_resume_from_a_checkpoint_is_bit_identical(mnist_train):
     assert [c.epoch for c in saved] == [1, 2, 3]
 
 
+def test_an_adam_run_resumed_in_the_middle_is_the_uninterrupted_run(mnist_train, tmp_path):
+    """Adam's moments and step count, and dropout's RNG, through a stored checkpoint: the
+    deep MLP with dropout on the first 3000 images (30 steps an epoch, to keep it short),
+    resumed after epoch 1 of 3 from the store, ends where the uninterrupted run ends."""
+    from mnist_ray import checkpoints
+    from mnist_ray.store import Store
+
+    images, labels = (a[:3000] for a in mnist_train)
+    cfg, store = TrainConfig(epochs=3, model="mlp-dropout"), Store(tmp_path)
+    saved = []
+    whole = train(cfg, images, labels, CPU, on_epoch=saved.append, log=_quiet)
+    checkpoints.save(store, "run-adam", saved[0])
+    stored = checkpoints.latest(store, "run-adam", shapes=None)
+    assert {k.split(".", 1)[1] for k in stored.optimizer} == {"step", "exp_avg", "exp_avg_sq"}
+    resumed = train(cfg, images, labels, CPU, resume=stored, log=_quiet)
+    assert resumed.epoch_costs == whole.epoch_costs
+    for name, value in whole.weights.items():
+        assert np.array_equal(resumed.weights[name], value), name
+    # Without Adam's state the same resume goes elsewhere: the state is what made it exact.
+    stored.optimizer = {}
+    forgetful = train(cfg, images, labels, CPU, resume=stored, log=_quiet)
+    assert forgetful.epoch_costs[1:] != whole.epoch_costs[1:]
+
+
+def test_a_checkpoint_of_another_model_is_refused(mnist_train):
+    from mnist_ray.checkpoints import Checkpoint
+
+    softmax = {"weight": np.zeros((10, 784), np.float32), "bias": np.zeros(10, np.float32)}
+    ckpt = Checkpoint(1, [0.5], softmax, torch.get_rng_state().numpy())
+    with pytest.raises(ValueError, match="checkpoint after epoch 1 does not fit this model"):
+        Training(TrainConfig(epochs=2, model="mlp"), *mnist_train, CPU, resume=ckpt, log=_quiet)
+
+
 def test_other_hyperparameters_change_the_run(mnist_train):
     base = train(TrainConfig(epochs=1), *mnist_train, CPU, log=_quiet)
     other = train(
@@ -79,7 +112,7 @@ def test_other_hyperparameters_change_the_run(mnist_train):
 
 def test_batch_larger_than_the_data_is_refused():
     x = np.zeros((10, 28, 28), np.uint8)
-    with pytest.raises(ValueError, match="--batch-size 100 is larger"):
+    with pytest.raises(ValueError, match="batch_size 100 is larger than the 10 training images"):
         train(TrainConfig(epochs=1), x, np.zeros(10, np.int64), CPU, log=_quiet)
 
 
@@ -126,6 +159,32 @@ def test_gpu_graph_and_eager_paths_agree(mnist_train):
     ]  # fmt: skip
     assert np.allclose(runs[0].epoch_costs, runs[1].epoch_costs, rtol=0, atol=1e-6)
     assert np.allclose(runs[0].weights["weight"], runs[1].weights["weight"], rtol=0, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["mlp-dropout", "cnn-deep"])
+def test_gpu_graph_and_eager_paths_agree_with_adam_and_dropout(mnist_train, name):
+    """Captured (Adam capturable) and eager (Adam as the labs run it) on 6000 images: the
+    same dropout masks from the CUDA RNG, so the costs differ only in rounding."""
+    images, labels = (a[:6000] for a in mnist_train)
+    runs = [
+        train(TrainConfig(epochs=2, model=name), images, labels, torch.device("cuda", 0),
+              log=_quiet, cuda_graph=graph)
+        for graph in (True, False)
+    ]  # fmt: skip
+    assert runs[0].cuda_graph and not runs[1].cuda_graph
+    assert np.allclose(runs[0].epoch_costs, runs[1].epoch_costs, rtol=0, atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_gpu_resume_with_adam_and_dropout_is_bit_identical(mnist_train):
+    """The checkpoint holds the CUDA RNG (dropout's masks) and Adam's state on the device."""
+    images, labels = (a[:3000] for a in mnist_train)
+    cfg, gpu, saved = TrainConfig(epochs=3, model="mlp-dropout"), torch.device("cuda", 0), []
+    whole = train(cfg, images, labels, gpu, on_epoch=saved.append, log=_quiet)
+    resumed = train(cfg, images, labels, gpu, resume=saved[0], log=_quiet)
+    assert whole.cuda_graph and resumed.cuda_graph
+    assert resumed.epoch_costs == whole.epoch_costs
 
 
 @pytest.mark.gpu
