@@ -93,10 +93,11 @@ def _embedded(log: Callable[[str], None]) -> Iterator[None]:
             yield from _run(None, log, started)
         finally:
             with _ctrl_c(wait=True):
+                ours = _ray_below(os.getpid(), theirs)  # Ray's shutdown leaves some unreaped
                 try:
                     ray.shutdown()  # Ray's graceful stop, when ray.init got as far as a node
                 finally:
-                    end_children(theirs)  # whatever Ray did not know of or did not stop
+                    end_children(theirs, ours)  # whatever Ray did not know of or did not stop
 
 
 def _existing(address: str, log: Callable[[str], None]) -> Iterator[None]:
@@ -208,10 +209,11 @@ def _process_token() -> str:
     return secrets.token_hex(32)
 
 
-def end_children(spare: Collection[int] = (), timeout: float = 10.0) -> None:
+def end_children(spare: Collection[int] = (), ours: Collection[int] = (), timeout=10.0) -> None:
     """SIGKILL every Ray process below this one (GCS, raylet, helpers, their agents and
     workers, orphans adopted here) but the trees of `spare`, each stopped as found so none
-    starts another unseen; return once gone. Other children (a notebook's) are left alone."""
+    starts another unseen; return once gone and reaped, with those of `ours` (Ray's, seen
+    earlier) that have exited since. Other children (a notebook's) are left alone."""
     frozen: set[int] = set()
     for _ in range(100):  # a stopped process starts nothing: a few rounds find them all
         if not (found := _ray_below(os.getpid(), spare) - frozen):
@@ -223,12 +225,13 @@ def end_children(spare: Collection[int] = (), timeout: float = 10.0) -> None:
     for pid in frozen:
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
+    frozen |= set(ours)
     deadline = time.monotonic() + timeout
     while frozen and time.monotonic() < deadline:
         for pid in list(frozen):
             with contextlib.suppress(ChildProcessError):  # reaped here if this is its parent
                 os.waitpid(pid, os.WNOHANG)
-            if _stat(pid)[0] in ("", "Z"):
+            if not _stat(pid)[0]:  # a zombie is not gone: its dying parent hands it to us
                 frozen.discard(pid)
         time.sleep(0.02 if frozen else 0)
 
@@ -377,12 +380,9 @@ def _check_reachable(address: str, timeout: float = 3.0) -> None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as exc:
-        raise ClusterError(
-            f"nothing answers at {host}:{port} ({exc.strerror or exc}); is the Ray head "
-            "running? (`ray start --head`, or leave --address out for a local Ray)",
-            "address",
-            address,
-        ) from None
+        said = f"nothing answers at {host}:{port} ({exc.strerror or exc}); is the Ray head "
+        said += "running? (`ray start --head`, or leave --address out for a local Ray)"
+        raise ClusterError(said, "address", address) from None
 
 
 def _keep_loopback(address: str) -> None:
