@@ -126,7 +126,7 @@ def training_stream(
     config = TrainConfig(**cfg)
     target = Store(store)
     shapes = weight_shapes(config.model)
-    resume = checkpoints.latest(target, run_id, shapes)  # set when Ray retries an attempt
+    resume = checkpoints.latest(target, run_id, shapes=shapes)  # when Ray retried the task
     device = pick_device(use_gpu)
     run = Training(config, images, labels, device, resume=resume, threads=threads)
     for epoch, cost in enumerate(run.epoch_costs, 1):

@@ -113,3 +113,13 @@ def test_a_store_from_before_models_reads_as_softmax_and_sgd(tmp_path):
     assert (runs[new["run_id"]]["model"], runs[new["run_id"]]["optimizer"]) == ("mlp", "adam")
     table = run("results", "--store", str(tmp_path / "store"))
     assert "model" in table.stdout and "softmax" in table.stdout and "mlp" in table.stdout
+
+
+def test_cpus_gives_the_training_task_that_many_cpus_and_torch_threads(tmp_path):
+    """--cpus 2 on the session's 2-CPU Ray: the task holds both, and torch runs 2 threads."""
+    ensure_ray()
+    store = str(tmp_path / "store")
+    got = run("submit", "train", "--epochs", "1", "--cpus", "2", "--store", store, "--json")
+    assert got.exit_code == 0, got.output
+    row = json.loads(got.stdout)
+    assert (row["model"], row["optimizer"], row["lr"], row["threads"]) == ("softmax", "sgd", 0.1, 2)
