@@ -5,9 +5,9 @@
     with connect(None):                      # an embedded local Ray, stopped on exit
         outcome = train_on_ray(cfg, images, labels, store, run_id, gpus="auto")
 
-Resources sit on the remote definitions: training is one task (`num_gpus=1` when the
-cluster has a GPU) that streams its epochs back as it runs, evaluation one `num_cpus=1`
-task per shard. Inputs go into the object store once (`ray.put`) and every task gets
+Resources sit on the remote definitions: training is one task (`--cpus` CPUs, and
+`num_gpus=1` when the cluster has a GPU) that streams its epochs back as it runs,
+evaluation one `num_cpus=1` task per shard. Inputs go into the object store once (`ray.put`) and every task gets
 references; the driver submits everything, then gathers. The arithmetic lives in
 train.py and evaluate.py; nothing here computes.
 """
