@@ -34,6 +34,7 @@ from mnist_ray.ui import (
     fail,
     friendly,
     out,
+    spelled,
     valid_id,
 )
 
@@ -313,7 +314,7 @@ def show(
     target.check_exists()
     from mnist_ray.query import find
 
-    e = find(target, "evaluations", eval_id, "EVAL_ID")  # one match, as `evaluate --run`
+    e = find(target, "evaluations", eval_id, "eval_id")  # one match, as `evaluate --run`
     if as_json:
         print(output.as_json(e))
         return
@@ -357,7 +358,7 @@ def query(
     try:
         result, bad = run_sql(Store(store), sql)
     except QueryError as exc:
-        raise typer.BadParameter(exc.message, param_hint=f"'{exc.about}'") from None
+        raise typer.BadParameter(exc.message, param_hint=f"'{spelled(exc.about, query)}'") from None
     _skipped(bad)
     rows = result.to_pylist()
     if as_json:

@@ -172,8 +172,10 @@ def gpu_request(gpus: str, log: Callable[[str], None] = say) -> int:
         if have < 1:
             cpus = int(ray.cluster_resources().get("CPU", 0))
             raise ClusterError(
-                f"--gpus 1: the Ray cluster has no GPU ({cpus} CPUs, 0 GPUs), so the task would "
-                "wait forever; use --gpus auto or 0 to train on the CPU"
+                f"the Ray cluster has no GPU ({cpus} CPUs, 0 GPUs), so the task would "
+                "wait forever; use --gpus auto or 0 to train on the CPU",
+                about="gpus",
+                value=gpus,
             )
         return 1
     if have >= 1:

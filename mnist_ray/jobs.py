@@ -84,17 +84,20 @@ def check_shared_store(store: str) -> None:
     if "://" in store:
         if urlsplit(store).password is not None:
             raise ClusterError(
-                "--store: the URI holds a secret, which the job's entrypoint would show to "
+                "the URI holds a secret, which the job's entrypoint would show to "
                 "anyone who can list jobs; give the cluster its credentials through its "
-                "environment (AWS_ACCESS_KEY_ID, ... or an instance role) instead"
+                "environment (AWS_ACCESS_KEY_ID, ... or an instance role) instead",
+                about="store",
             )
         return
     if os.path.isabs(os.path.expanduser(store)):
         return
     raise ClusterError(
-        f"--store {store}: with a remote --address the store must be shared storage, "
+        "with a remote --address the store must be shared storage, "
         "a URI (s3://bucket/prefix) or an absolute path every Ray node sees, "
-        "not a folder relative to this machine"
+        "not a folder relative to this machine",
+        about="store",
+        value=store,
     )
 
 
@@ -143,8 +146,10 @@ def client(address: str):
         raise _auth_error(address, exc) from None
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ClusterError(
-            f"--address {address}: no Ray Jobs API answers there ({first_line(exc)}); "
-            "is the head running and its dashboard port right (default 8265)?"
+            f"no Ray Jobs API answers there ({first_line(exc)}); "
+            "is the head running and its dashboard port right (default 8265)?",
+            about="address",
+            value=address,
         ) from None
 
 

@@ -46,13 +46,8 @@ Bad = list[tuple[str, str]]
 
 
 class QueryError(StoreError):
-    """A query's input is wrong: `about` names it as the user gave it (`--where`, `--sort`,
-    `SQL`), `message` says what is wrong with it."""
-
-    def __init__(self, about: str, message: str):
-        super().__init__(f"{about}: {message}")
-        self.about = about
-        self.message = message
+    """A query's input is wrong: `about` names the parameter (`sql`), `message` says what is
+    wrong with it; the CLI refuses it as a bad parameter (exit 2)."""
 
 
 class Vanished(Exception):
@@ -333,15 +328,17 @@ def find(
     store: Store, table: str, wanted: str | None, about: str, rows: list[dict] | None = None
 ) -> dict:
     """The one row `wanted` names (see `matching`); the latest row when wanted is None.
-    `about` is the option or argument the id came from, as the user typed it (`--run`,
-    `RUN`, `EVAL_ID`): errors name it. `rows` (oldest first) when the caller has read them."""
+    `about` is the parameter the id came from (`run`, `eval_id`, or `RUN`, one of compare's
+    arguments): errors carry it, and the CLI spells it as its option (`--run`). `rows` (oldest first) when the caller has read them."""
     if rows is None:
         rows, _ = read_rows(store, table)
     what = table[:-1]  # "run", "evaluation"
     if wanted is None:
         if not rows:
             first = "mnist-ray submit train" if table == "runs" else "mnist-ray evaluate"
-            raise StoreError(f"--store {store.location}: no {table} yet; make one with `{first}`")
+            raise StoreError(
+                f"no {table} yet; make one with `{first}`", about="store", value=store.location
+            )
         return rows[-1]
     check_id(wanted, about)
     key = KEYS[table]
@@ -350,13 +347,15 @@ def find(
         return hits[0]
     if not hits:
         held = "see `mnist-ray results`" if rows else f"it holds no {table} yet"
-        raise StoreError(f"{about} {wanted}: no such {what} in {store.location}; {held}")
+        raise StoreError(f"no such {what} in {store.location}; {held}", about=about, value=wanted)
     ids = ", ".join(r[key] for r in hits[:5]) + (", ..." if len(hits) > 5 else "")
-    raise StoreError(f"{about} {wanted}: matches {len(hits)} {table} ({ids}); give more of the id")
+    raise StoreError(
+        f"matches {len(hits)} {table} ({ids}); give more of the id", about=about, value=wanted
+    )
 
 
 def find_run(
-    store: Store, run: str | None, runs: list[dict] | None = None, about: str = "--run"
+    store: Store, run: str | None, runs: list[dict] | None = None, about: str = "run"
 ) -> dict:
     """The run with this id (or unique id prefix), or the latest run when run is None."""
     return find(store, "runs", run, about, runs)
@@ -384,14 +383,14 @@ def run_sql(store: Store, sql: str) -> tuple[pa.Table, Bad]:
         with duckdb.connect() as parser:
             kinds = [s.type for s in parser.extract_statements(sql)]
     except duckdb.Error as exc:
-        raise QueryError("SQL", first_line(exc)) from None
+        raise QueryError(first_line(exc), about="sql") from None
     if refused := [k.name for k in kinds if k not in READ_ONLY]:
         raise StoreError(
             f"SQL: {refused[0]} refused; `mnist-ray query` only reads "
             "(SELECT, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN)"
         )
     if len(kinds) != 1:
-        raise QueryError("SQL", f"one statement, not {len(kinds)}")
+        raise QueryError(f"one statement, not {len(kinds)}", about="sql")
     store.check_exists()  # a mistyped path is said so, not taken for an empty store
     wanted = [t for t in TABLES if re.search(rf"\b{t}\b", sql, re.IGNORECASE)]
     con, bad = _sealed(store, wanted)
@@ -403,7 +402,7 @@ def run_sql(store: Store, sql: str) -> tuple[pa.Table, Bad]:
             f"file ({first_line(exc)})"
         ) from None
     except duckdb.Error as exc:
-        raise QueryError("SQL", first_line(exc)) from None
+        raise QueryError(first_line(exc), about="sql") from None
 
 
 def _sealed(store: Store, tables: list[str]) -> tuple[duckdb.DuckDBPyConnection, Bad]:

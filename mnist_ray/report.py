@@ -40,7 +40,7 @@ def build(
     order = "ORDER BY created_at, run_id"
     ids = [r for (r,) in con.sql(f"SELECT run_id FROM runs {order}").fetchall()]
     if not ids:
-        raise StoreError(f"--store {store.location}: no runs yet; train one first")
+        raise StoreError("no runs yet; train one first", about="store", value=store.location)
     if run_ids:
         known = [{"run_id": r} for r in ids]
         ids = [find_run(store, r, runs=known, about="RUN")["run_id"] for r in run_ids]
@@ -73,7 +73,9 @@ def _pick_eval(evals: list[dict], eval_id: str | None) -> dict | None:
     hits = matching(evals, "eval_id", eval_id)
     if len(hits) != 1:
         what = "no evaluation" if not hits else f"{len(hits)} evaluations match"
-        raise StoreError(f"--eval {eval_id}: {what} of the chosen runs; see `mnist-ray results`")
+        raise StoreError(
+            f"{what} of the chosen runs; see `mnist-ray results`", about="eval_id", value=eval_id
+        )
     return hits[0]
 
 

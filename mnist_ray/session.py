@@ -364,7 +364,7 @@ def _connect_error(address: str | None, exc: BaseException, said: str) -> Except
         return token_error(where, os.environ.get("RAY_AUTH_MODE", "").lower() != "token")
     said = " ".join(str(exc).split())  # Ray's client puts the reason on a second line
     said = said if len(said) <= 300 else said[:297] + "..."
-    return ClusterError(f"--address {where}: could not connect ({said or type(exc).__name__})")
+    return ClusterError(f"could not connect ({said or type(exc).__name__})", "address", where)
 
 
 def _check_reachable(address: str, timeout: float = 3.0) -> None:
@@ -373,15 +373,15 @@ def _check_reachable(address: str, timeout: float = 3.0) -> None:
         return
     host, _, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
     if not host or not port.isdigit():
-        raise ClusterError(
-            f"--address {address}: expected 'auto', 'HOST:PORT' or 'ray://HOST:PORT'"
-        )
+        raise ClusterError("expected 'auto', 'HOST:PORT' or 'ray://HOST:PORT'", "address", address)
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as exc:
         raise ClusterError(
-            f"--address {address}: nothing answers at {host}:{port} ({exc.strerror or exc}); "
-            "is the Ray head running? (`ray start --head`, or leave --address out for a local Ray)"
+            f"nothing answers at {host}:{port} ({exc.strerror or exc}); is the Ray head "
+            "running? (`ray start --head`, or leave --address out for a local Ray)",
+            "address",
+            address,
         ) from None
 
 

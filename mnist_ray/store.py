@@ -34,13 +34,15 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from mnist_ray.config import WEIGHT_SHAPES, check_id, first_line
+from mnist_ray.errors import NamedError
 from mnist_ray.schema import KEYS, SCHEMAS
 
 DEFAULT_STORE = "mnist-ray-store"  # a folder in the current directory
 
 
-class StoreError(RuntimeError):
-    """The store can't be used or a file in it is bad; the message names the place."""
+class StoreError(NamedError):
+    """The store can't be used or a file in it is bad; the message names the place (or
+    `about="store", value=location`: the CLI writes `--store PATH: ...`)."""
 
 
 def new_id(kind: str) -> str:
@@ -62,7 +64,7 @@ class Store:
                 self.fs = pafs.LocalFileSystem()
                 self.root = os.path.abspath(os.path.expanduser(self.location))
         except (pa.ArrowException, ValueError, OSError) as exc:
-            raise StoreError(f"--store {self.location}: {first_line(exc)}") from None
+            raise StoreError(first_line(exc), about="store", value=self.location) from None
         self.root = self.root.rstrip("/")
 
     @property
@@ -97,8 +99,9 @@ class Store:
             self.fs.delete_file(probe)
         except (OSError, pa.ArrowException) as exc:
             raise StoreError(
-                f"--store {self.location}: not writable ({first_line(exc)}); "
-                "choose a folder or URI you can write to"
+                f"not writable ({first_line(exc)}); choose a folder or URI you can write to",
+                about="store",
+                value=self.location,
             ) from None
 
     def write_bytes(self, relpath: str, data: bytes) -> str:
@@ -141,7 +144,7 @@ class Store:
                 pafs.FileSelector(self.path(folder), allow_not_found=True)
             )
         except (OSError, pa.ArrowException) as exc:
-            raise StoreError(f"--store {self.location}: {first_line(exc)}") from None
+            raise StoreError(first_line(exc), about="store", value=self.location) from None
         names = [
             i.base_name
             for i in infos
@@ -157,11 +160,13 @@ class Store:
         try:
             found = self.fs.get_file_info(self.root).type
         except (OSError, pa.ArrowException) as exc:
-            raise StoreError(f"--store {self.location}: {first_line(exc)}") from None
+            raise StoreError(first_line(exc), about="store", value=self.location) from None
         if found == pafs.FileType.NotFound:
-            raise StoreError(f"--store {self.location}: no such store (nothing at that path)")
+            raise StoreError(
+                "no such store (nothing at that path)", about="store", value=self.location
+            )
         if found != pafs.FileType.Directory:
-            raise StoreError(f"--store {self.location}: not a folder")
+            raise StoreError("not a folder", about="store", value=self.location)
 
     # -- weights -------------------------------------------------------------------------------
     def write_weights(self, run_id: str, weights: dict[str, np.ndarray]) -> tuple[str, str]:

@@ -50,7 +50,6 @@ from mnist_ray.query import read_rows
 from mnist_ray.store import Store, StoreError, new_id, now
 
 PARAMS = ("lr", "batch_size", "seed")  # what a sweep varies; epochs and dataset are one value
-OPTIONS = {"lr": "--lr", "batch_size": "--batch-size", "seed": "--seed"}
 MAX_TRIALS = 10_000  # a typo like --seed 1..100000 with --samples must not plan forever
 DEFAULT_GPU_SHARE = 0.25  # --gpus-per-trial when the cluster has a GPU: four trials per GPU
 
@@ -60,7 +59,6 @@ DEFAULT_GPU_SHARE = 0.25  # --gpus-per-trial when the cluster has a GPU: four tr
 
 def parse_values(name: str, text: str) -> list | dict:
     """`0.01,0.1` -> [0.01, 0.1] (a grid axis); `0.001..1` -> {"range": [0.001, 1.0]}."""
-    option = OPTIONS[name]
     number = float if name == "lr" else int
 
     def one(word: str):
@@ -68,7 +66,7 @@ def parse_values(name: str, text: str) -> list | dict:
             value = number(word.strip())
         except ValueError:
             kind = "a number" if number is float else "a whole number"
-            raise ConfigError(option, f"{word.strip()!r} is not {kind}") from None
+            raise ConfigError(name, f"{word.strip()!r} is not {kind}") from None
         TrainConfig(**{name: value}).validate()  # the single-run limits, same messages
         return value
 
@@ -76,11 +74,11 @@ def parse_values(name: str, text: str) -> list | dict:
         low, _, high = text.partition("..")
         low, high = one(low), one(high)
         if not low < high:
-            raise ConfigError(option, f"range {text}: the low end must be below the high end")
+            raise ConfigError(name, f"range {text}: the low end must be below the high end")
         return {"range": [low, high]}
     values = [one(w) for w in text.split(",")]
     if len(set(values)) != len(values):
-        raise ConfigError(option, f"{text}: a value is given twice")
+        raise ConfigError(name, f"{text}: a value is given twice")
     return values
 
 
@@ -103,15 +101,15 @@ def definition(
     TrainConfig(dataset=dataset, epochs=epochs).validate()
     EvalConfig(shards).validate()
     if not 1 <= samples <= MAX_TRIALS:
-        raise ConfigError("--samples", f"{samples} is not in 1..{MAX_TRIALS}")
+        raise ConfigError("samples", f"{samples} is not in 1..{MAX_TRIALS}")
     if gpus_per_trial is not None and not (
         0 <= gpus_per_trial <= 1 or float(gpus_per_trial).is_integer()
     ):
         raise ConfigError(
-            "--gpus-per-trial", f"{gpus_per_trial:g}: a share of one GPU (0..1) or whole GPUs"
+            "gpus_per_trial", f"{gpus_per_trial:g}: a share of one GPU (0..1) or whole GPUs"
         )
     if cpus_per_trial < 0 or (cpus_per_trial == 0 and not gpus_per_trial):
-        raise ConfigError("--cpus-per-trial", f"{cpus_per_trial}: a trial needs a CPU or a GPU")
+        raise ConfigError("cpus_per_trial", f"{cpus_per_trial}: a trial needs a CPU or a GPU")
     spec = {
         **{n: parse_values(n, v) for n, v in zip(PARAMS, (lr, batch_size, seed), strict=True)},
         "epochs": epochs,
@@ -127,7 +125,7 @@ def definition(
     }
     count = samples * math.prod(len(v) for n in PARAMS if isinstance(v := spec[n], list))
     if count > MAX_TRIALS:
-        raise ConfigError("--samples", f"the sweep would have {count} trials, over {MAX_TRIALS}")
+        raise ConfigError("samples", f"the sweep would have {count} trials, over {MAX_TRIALS}")
     return spec
 
 
@@ -262,9 +260,11 @@ def gpu_share(spec: dict, log: Callable[[str], None]) -> float:
         return 0.0
     if asked > have.get("GPU", 0):
         raise ClusterError(
-            f"--gpus-per-trial {asked:g}: the Ray cluster has {have.get('GPU', 0):g} GPUs "
+            f"the Ray cluster has {have.get('GPU', 0):g} GPUs "
             f"({have.get('CPU', 0):g} CPUs), so the trials would wait forever; "
-            "use --gpus-per-trial 0 for CPU trials"
+            "use --gpus-per-trial 0 for CPU trials",
+            about="gpus_per_trial",
+            value=f"{asked:g}",
         )
     return float(asked)
 
@@ -392,10 +392,10 @@ def sweep_runs(store: Store, sweep_id: str) -> list[dict]:
 
 
 def load_sweep(store: Store, sweep_id: str) -> dict:
-    check_id(sweep_id, "--resume")
+    check_id(sweep_id, "resume")
     rows = [r for r in read_rows(store, "sweeps")[0] if r["sweep_id"] == sweep_id]
     if not rows:
-        raise StoreError(f"--resume {sweep_id}: no such sweep in {store.location}")
+        raise StoreError(f"no such sweep in {store.location}", about="resume", value=sweep_id)
     return rows[0]
 
 

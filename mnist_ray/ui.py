@@ -92,7 +92,9 @@ def friendly(command: str | None = None):
             except ConfigError as exc:
                 hint = f"'{spelled(exc.param, fn)}'"
                 raise typer.BadParameter(exc.message, param_hint=hint) from None
-            except (DataError, StoreError, ClusterError) as exc:
+            except (StoreError, ClusterError) as exc:  # `store` is written `--store PATH: ...`
+                fail(exc.line(spelled(exc.about, fn)) if exc.about else str(exc))
+            except DataError as exc:
                 fail(str(exc))
             except KeyboardInterrupt:  # not an error: the user asked to stop
                 left = INTERRUPTED.get(command)

@@ -38,7 +38,8 @@ def test_an_error_the_task_raised_is_its_cause_once(ray_local):
     with pytest.raises(ClusterError) as got:
         train_on_ray(TrainConfig(epochs=1), images, labels, unopenable, "r", "0", log=print)
     message = str(got.value)
-    assert message.startswith("training failed: StoreError: --store nope://x: "), message
+    # Raised in the task, where no command is at hand: the parameter's name, not `--store`.
+    assert message.startswith("training failed: StoreError: store nope://x: "), message
     assert "retries" not in message and "\n" not in message
 
 

@@ -76,7 +76,7 @@ def test_missing_bucket_is_one_line(aws_env):
         Store("s3://no-such-bucket/mnist").check_writable()
     message = str(err.value)
     assert "\n" not in message
-    assert message.startswith("--store s3://no-such-bucket/mnist: not writable")
+    assert message.startswith("store s3://no-such-bucket/mnist: not writable")
 
 
 def test_secrets_in_the_store_uri_never_reach_a_job():

@@ -137,8 +137,10 @@ def test_find_run_by_prefix_latest_and_unknown(tmp_path):
         store.write_row("runs", base | {"run_id": rid, "created_at": now(), "epoch_costs": []})
     assert find_run(store, None)["run_id"] == "run-b2"
     assert find_run(store, "run-a")["run_id"] == "run-a1"
-    with pytest.raises(StoreError, match="^--run run-: matches 2 runs"):
+    # Named as the code names it; only the CLI spells it `--run` (test_cli.py).
+    with pytest.raises(StoreError, match="^run run-: matches 2 runs") as got:
         find_run(store, "run-")
+    assert (got.value.about, got.value.value) == ("run", "run-")
     with pytest.raises(StoreError, match="^RUN run-zz: no such run"):
         find_run(store, "run-zz", about="RUN")
 
