@@ -2,6 +2,7 @@
 to stdout, progress to stderr.
 
 mnist-ray submit train                 # train on an embedded local Ray
+mnist-ray submit train --model cnn     # one of the course's other models (`mnist-ray models`)
 mnist-ray evaluate --shards 4          # evaluate the latest run on 4 CPU tasks
 mnist-ray results                      # runs and evaluations in the store
 mnist-ray show                         # the random sample, drawn in the terminal
@@ -15,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from mnist_ray import __version__, helptext, jobs, output, render  # noqa: F401  (helptext)
+from mnist_ray import __version__, helptext, jobs, output, render, ui  # noqa: F401  (helptext)
 from mnist_ray.config import CHECKPOINT_EVERY, MAX_SHARDS, EvalConfig, TrainConfig, check_id
 from mnist_ray.store import DEFAULT_STORE, Store
 from mnist_ray.streams import install_result_marker
@@ -33,7 +34,6 @@ from mnist_ray.ui import (
     fail,
     friendly,
     out,
-    positive_finite,
     spelled,
     valid_id,
 )
@@ -79,11 +79,11 @@ def submit_train(
         int, typer.Option(min=1, max=10_000, help="Passes over the training set.")
     ] = TUTORIAL.epochs,
     batch_size: Annotated[
-        int, typer.Option(min=1, max=60_000, help="Images per SGD step.")
+        int, typer.Option(min=1, max=60_000, help="Images per optimizer step.")
     ] = TUTORIAL.batch_size,
-    lr: Annotated[
-        float, typer.Option(callback=positive_finite, help="SGD learning rate.")
-    ] = TUTORIAL.lr,
+    model: ui.ModelOpt = ui.TUTORIAL_MODEL,
+    optimizer: ui.OptimizerOpt = None,
+    lr: ui.LrOpt = None,
     seed: Annotated[
         int, typer.Option(min=0, max=2**63 - 1, help="Seed for torch and random.")
     ] = TUTORIAL.seed,
@@ -91,18 +91,17 @@ def submit_train(
     data_dir: DataDirOpt = None,
     store: StoreOpt = DEFAULT_STORE,
     address: AddressOpt = None,
-    gpus: Annotated[
-        Gpus, typer.Option(help="auto: a GPU if the cluster has one; 1: require one; 0: CPU.")
-    ] = Gpus.auto,
+    gpus: ui.GpusOpt = Gpus.auto,
+    cpus: ui.CpusOpt = 1,
     checkpoint_every: CheckpointEveryOpt = CHECKPOINT_EVERY,
     wait: WaitOpt = True,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train the softmax regression on a Ray worker (a GPU when there is one), store the run.
+    """Train a model (softmax unless --model) on a Ray worker, a GPU if there is one; store it.
 
-    Example: mnist-ray submit train --epochs 15 --store ./mnist-ray-store
+    Example: mnist-ray submit train --model cnn --epochs 15 --store ./mnist-ray-store
     """
-    cfg = TrainConfig(dataset.value, epochs, batch_size, lr, seed).validate()
+    cfg = TrainConfig(dataset.value, epochs, batch_size, lr, seed, model, optimizer).validate()
     target = _store_or_submit(ctx, address, store, wait)
     from mnist_ray import data
 
@@ -111,7 +110,7 @@ def submit_train(
     from mnist_ray.cluster import train_and_store
 
     row = train_and_store(
-        cfg, images, labels, target, address, gpus.value, checkpoint_every, log=err.print
+        cfg, images, labels, target, address, gpus.value, checkpoint_every, err.print, cpus
     )
     _print([output.as_json(row)] if as_json else render.trained(row))
 
@@ -146,9 +145,10 @@ def evaluate(
     from mnist_ray.query import find_run
 
     found = find_run(target, run)
-    weights = target.read_weights(found)
     from mnist_ray import data
-    from mnist_ray.cluster import evaluate_and_store
+    from mnist_ray.cluster import evaluate_and_store, read_weights
+
+    weights = read_weights(target, found)  # checked against the run's model's shapes
 
     images, labels = data.load(found["dataset"], "test", data_dir)
     target.check_writable()
@@ -163,9 +163,7 @@ def evaluate(
 @friendly("sweep")
 def sweep(
     ctx: typer.Context,
-    lr: Annotated[
-        str, typer.Option(help="Learning rates: a list 0.01,0.1,0.5 or a range 0.001..1.")
-    ] = str(TUTORIAL.lr),
+    lr: ui.LrsOpt = str(TUTORIAL.lr),
     batch_size: Annotated[
         str, typer.Option(help="Batch sizes: a list 50,100 or a range 50..200.")
     ] = str(TUTORIAL.batch_size),
@@ -224,6 +222,20 @@ def sweep(
     target = _store_or_submit(ctx, address, store, wait)
     summary = sweeps.run_sweep(spec, target, address, data_dir, resume, log=err.print)
     _print([output.as_json(summary)] if as_json else render.leaderboard(summary))
+
+
+@app.command()
+@friendly("models")
+def models(as_json: JsonOpt = False) -> None:
+    """List the models `submit train --model` trains: the course program each reproduces,
+    its parameter count, the optimizer and learning rate it trains with by default.
+
+    Example: mnist-ray models --json
+    """
+    from mnist_ray.model import catalogue
+
+    rows = catalogue()
+    _print([output.as_json(rows) if as_json else output.as_table("models", [*rows[0]], rows)])
 
 
 # ---- results and show -------------------------------------------------------------------------

@@ -5,9 +5,9 @@
     with connect(None):                      # an embedded local Ray, stopped on exit
         outcome = train_on_ray(cfg, images, labels, store, run_id, gpus="auto")
 
-Resources sit on the remote definitions: training is one task (`num_gpus=1` when the
-cluster has a GPU) that streams its epochs back as it runs, evaluation one `num_cpus=1`
-task per shard. Inputs go into the object store once (`ray.put`) and every task gets
+Resources sit on the remote definitions: training is one task (`--cpus` CPUs, and
+`num_gpus=1` when the cluster has a GPU) that streams its epochs back as it runs,
+evaluation one `num_cpus=1` task per shard. Inputs go into the object store once (`ray.put`) and every task gets
 references; the driver submits everything, then gathers. The arithmetic lives in
 train.py and evaluate.py; nothing here computes.
 """
@@ -21,7 +21,14 @@ import numpy as np
 import ray
 
 from mnist_ray import checkpoints
-from mnist_ray.config import CHECKPOINT_EVERY, RETRIES, TrainConfig, first_line
+from mnist_ray.config import (
+    CHECKPOINT_EVERY,
+    DEFAULT_MODEL,
+    RETRIES,
+    WEIGHT_SHAPES,
+    TrainConfig,
+    first_line,
+)
 from mnist_ray.errors import ClusterError
 from mnist_ray.evaluate import (
     evaluate_shard,
@@ -98,6 +105,7 @@ def training_stream(
     run_id: str,
     use_gpu: bool,
     checkpoint_every: float = CHECKPOINT_EVERY,
+    threads: int = 1,
 ) -> Iterator[dict]:
     """The training task: a plain generator, run by Ray as a streaming generator task.
 
@@ -107,16 +115,20 @@ def training_stream(
     after the last epoch, whose weights the driver stores anyway. A retried attempt resumes
     from the newest checkpoint and first yields again the epochs it restored: Ray hands the
     caller a retry's yields by position, dropping those it already has, so every attempt
-    must yield epoch i at position i."""
+    must yield epoch i at position i. `threads`: torch's threads, as many as the CPUs
+    the task holds (the CPU costs depend on it, so the run row records it)."""
     import torch
 
+    from mnist_ray.model import weight_shapes
     from mnist_ray.train import Training, pick_device
 
     attempts = current_attempt()  # here, in the task's own thread: Ray keeps it per thread
     config = TrainConfig(**cfg)
     target = Store(store)
-    resume = checkpoints.latest(target, run_id)  # set when Ray retries a killed attempt
-    run = Training(config, images, labels, pick_device(use_gpu), resume=resume)
+    shapes = weight_shapes(config.model)
+    resume = checkpoints.latest(target, run_id, shapes=shapes)  # when Ray retried the task
+    device = pick_device(use_gpu)
+    run = Training(config, images, labels, device, resume=resume, threads=threads)
     for epoch, cost in enumerate(run.epoch_costs, 1):
         yield {"epoch": epoch, "cost": cost, "seconds": None}  # restored, not trained again
     saved_at = time.monotonic()
@@ -133,6 +145,7 @@ def training_stream(
             "train_seconds": result.seconds,
             "device": result.device,
             "cuda_graph": result.cuda_graph,
+            "threads": None if device.type == "cuda" else result.threads,
             "attempts": attempts,
             "resumed_from_epoch": resume.epoch if resume else 0,
             "torch_version": str(torch.__version__),  # a str subclass: unpickling imports torch
@@ -180,12 +193,14 @@ def train_on_ray(
     gpus: str = "auto",
     log: Callable[[str], None] = say,
     checkpoint_every: float = CHECKPOINT_EVERY,
+    cpus: int = 1,
 ) -> dict:
-    """Run the training task, print each epoch as it streams in; return its outcome."""
+    """Run the training task, print each epoch as it streams in; return its outcome.
+    `cpus`: the CPUs the task asks Ray for, and torch's threads in it."""
     num_gpus = gpu_request(gpus, log)
     args = (cfg.to_dict(), ray.put(images), ray.put(labels), store.location, run_id)
-    args += (num_gpus > 0, checkpoint_every)
-    options = dict(num_gpus=num_gpus, name=f"train {run_id}")
+    args += (num_gpus > 0, checkpoint_every, cpus)
+    options = dict(num_cpus=cpus, num_gpus=num_gpus, name=f"train {run_id}")
     show = lambda item: log(f"Epoch: {item['epoch']:04d} cost = {item['cost']:.9f}")  # noqa: E731
     if ray.util.client.ray.is_connected():  # ray://: Ray Client has no streaming generators
         return _train_through_a_queue(args, options, show)
@@ -266,6 +281,7 @@ def store_run(store: Store, run_id: str, cfg: TrainConfig, outcome: dict, **extr
         ray_version=ray.__version__,
         peak_rss_mib=outcome["peak_rss_mib"],
         gpu_peak_mib=outcome["gpu_peak_mib"],
+        threads=outcome["threads"],
     )
     row = run_row(**columns | extra)
     store.write_row("runs", row)
@@ -281,15 +297,18 @@ def train_and_store(
     gpus: str = "auto",
     checkpoint_every: float = CHECKPOINT_EVERY,
     log: Callable[[str], None] = say,
+    cpus: int = 1,
 ) -> dict:
     """`submit train`: connect, train on Ray, store weights and the run row; returns the row.
     A failed or interrupted run leaves no row, and its checkpoints are deleted (a run
     that is not stored can't be resumed)."""
     run_id = new_id("run")
-    log(f"Training {cfg.dataset} for {cfg.epochs} epochs as run {run_id} ...")
+    log(f"Training {cfg.model} on {cfg.dataset} for {cfg.epochs} epochs as run {run_id} ...")
     try:
         with connect(address, log=log):
-            outcome = train_on_ray(cfg, images, labels, store, run_id, gpus, log, checkpoint_every)
+            outcome = train_on_ray(
+                cfg, images, labels, store, run_id, gpus, log, checkpoint_every, cpus
+            )
     except BaseException:
         checkpoints.clear(store, run_id)
         raise
@@ -301,8 +320,20 @@ def train_and_store(
 # ---- evaluation -------------------------------------------------------------------------------
 
 
-def _shard_task(weights, images, labels, start: int, stop: int, sample: int) -> dict:
-    part = evaluate_shard(weights, images, labels, start, stop, sample)
+def read_weights(store: Store, run: dict) -> dict[str, np.ndarray]:
+    """The run's weights, checked against its model's names and shapes. The softmax
+    model's are config.WEIGHT_SHAPES (tests/test_model.py holds them equal to its
+    module's), so the classic job's driver never imports torch; another model's shapes
+    come from its module (model.py imports torch)."""
+    if run["model"] == DEFAULT_MODEL:
+        return store.read_weights(run, WEIGHT_SHAPES)
+    from mnist_ray.model import weight_shapes
+
+    return store.read_weights(run, weight_shapes(run["model"]))
+
+
+def _shard_task(weights, images, labels, start: int, stop: int, sample: int, model: str) -> dict:
+    part = evaluate_shard(weights, images, labels, start, stop, sample, model=model)
     part["node_id"] = ray.get_runtime_context().get_node_id()
     part["peak_rss_mib"] = peak_rss_mib()
     return part
@@ -318,11 +349,13 @@ def evaluate_on_ray(
     shards: int,
     sample: int,
     log: Callable[[str], None] = say,
+    model: str = "softmax",
 ) -> dict:
-    """One CPU task per contiguous shard; the merged counts and the nodes that ran them."""
+    """One CPU task per contiguous shard, each running `model` (a registry name) with
+    `weights`; the merged counts and the nodes that ran them."""
     w, x, y = ray.put(weights), ray.put(images), ray.put(labels)  # once, shared by all shards
     refs = [
-        shard_task.options(name=f"shard {start}:{stop}").remote(w, x, y, start, stop, sample)
+        shard_task.options(name=f"shard {start}:{stop}").remote(w, x, y, start, stop, sample, model)
         for start, stop in shard_bounds(len(labels), shards)
     ]
     shown = [0]
@@ -352,10 +385,10 @@ def evaluate_and_store(
 ) -> dict:
     """`evaluate`: connect, evaluate the run's weights on Ray, write the evaluation row."""
     sample = sample_index(run["seed"], len(labels))
-    log(f"Evaluating run {run['run_id']} on {shards} shard(s) ...")
+    log(f"Evaluating run {run['run_id']} ({run['model']}) on {shards} shard(s) ...")
     started = time.perf_counter()
     with connect(address, log=log):
-        merged = evaluate_on_ray(weights, images, labels, shards, sample, log=log)
+        merged = evaluate_on_ray(weights, images, labels, shards, sample, log, run["model"])
     s = merged["sample"]
     row = evaluation_row(
         eval_id=new_id("eval"),

@@ -30,15 +30,6 @@ MODEL_DEFAULTS = {
     "cnn-deep": ("adam", 0.001),  # lab-11-2-mnist_deep_cnn.py
 }
 DEFAULT_MODEL = "softmax"
-
-
-class _LabRate(float):
-    """TrainConfig.lr's default: reads as the tutorial's 0.1 (the default the CLI and a
-    sweep show), and tells TrainConfig that no rate was given, so the model's lab's
-    rate applies (Adam's 0.001 for the labs after the tutorial)."""
-
-
-LAB_LR = _LabRate(MODEL_DEFAULTS[DEFAULT_MODEL][1])
 OPTIMIZERS = ("sgd", "adam")  # torch.optim.SGD without momentum, torch.optim.Adam's defaults
 # Seconds between the checkpoints a retried training task (or sweep trial) resumes from;
 # 0: after every epoch. Never after the last epoch, whose weights are stored anyway.
@@ -66,7 +57,7 @@ class TrainConfig:
     dataset: str = "mnist"  # "mnist" or "fashion-mnist": same shapes, same code path
     epochs: int = 15  # the tutorial's training_epochs
     batch_size: int = 100  # the tutorial's batch_size; the last partial batch is dropped
-    lr: float = LAB_LR  # unless given, the model's lab's: 0.1 for softmax, 0.001 for Adam
+    lr: float | None = None  # None: the model's lab's, 0.1 for softmax, 0.001 for Adam
     seed: int = 777  # random.seed and torch.manual_seed, before anything else
     model: str = DEFAULT_MODEL  # a name in MODEL_DEFAULTS (model.py builds it)
     optimizer: str | None = None  # "sgd" or "adam"; None: the model's lab's
@@ -77,7 +68,7 @@ class TrainConfig:
         optimizer, lr = MODEL_DEFAULTS.get(self.model, (None, None))
         if self.optimizer is None:
             object.__setattr__(self, "optimizer", optimizer)
-        if self.lr is LAB_LR or self.lr is None:
+        if self.lr is None:
             object.__setattr__(self, "lr", lr)
 
     def validate(self) -> TrainConfig:
@@ -106,14 +97,8 @@ class TrainConfig:
         return self
 
     def to_dict(self) -> dict:
-        """The fields by name (TrainConfig(**d) gives it back). `model` and `optimizer` are
-        left out while they are the tutorial's (softmax, sgd), so the classic job's run
-        rows, sweep trials and task arguments are exactly what they were before models:
-        a run row has no column for them yet."""
-        d = asdict(self)
-        if (self.model, self.optimizer) == (DEFAULT_MODEL, MODEL_DEFAULTS[DEFAULT_MODEL][0]):
-            del d["model"], d["optimizer"]
-        return d
+        """The fields by name, the lab defaults filled in (TrainConfig(**d) gives it back)."""
+        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@
     spec("cnn").lab               # 'lab-11-1-mnist_cnn.py', the program it reproduces
     spec("cnn").optimizer, spec("cnn").lr    # ('adam', 0.001): that program's training
     parameter_count("cnn")        # 50186
+    catalogue()                   # one dict per model: what `mnist-ray models` prints
     with_weights("cnn", weights)  # a module holding stored weights, in eval mode
 
 The programs are the course's (deeplearningzerotoall/PyTorch, folder CNN/). Each builds
@@ -184,6 +185,16 @@ def _shell(name: str) -> nn.Module:
 
 def parameter_count(name: str) -> int:
     return sum(p.numel() for p in _shell(name).parameters())
+
+
+def catalogue() -> list[dict]:
+    """Every model: its name, the lab it reproduces, its parameter count, and the
+    optimizer and learning rate it trains with unless told otherwise."""
+    return [
+        {"name": n, "lab": s.lab, "parameters": parameter_count(n), "optimizer": s.optimizer}
+        | {"lr": s.lr}
+        for n, s in MODELS.items()
+    ]
 
 
 def weight_shapes(name: str) -> dict[str, tuple[int, ...]]:

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mnist_ray.config import check_id, first_line
-from mnist_ray.schema import KEYS, OPTIONAL, SCHEMAS
+from mnist_ray.schema import KEYS, OPTIONAL, READ_AS, SCHEMAS
 from mnist_ray.store import Store, StoreError
 
 TABLES = tuple(SCHEMAS)
@@ -231,14 +231,18 @@ def _empty(con, table: str) -> duckdb.DuckDBPyRelation:
 
 
 def _materialize(con, raw, table: str, names: list[str], where: str | None = None) -> None:
-    """The table with the schema's types, columns missing from every file as null."""
+    """The table with the schema's types, columns missing from every file as null, and
+    a null that has a meaning (schema.READ_AS: an old run's model) as that value."""
     schema, have = SCHEMAS[table], set(raw.columns)
-    cols = [
-        f"CAST({n} AS {duck_type(schema.field(n).type)}) AS {n}"
-        if n in have
-        else f"NULL::{duck_type(schema.field(n).type)} AS {n}"
-        for n in names
-    ]
+
+    def column(n: str) -> str:
+        kind = duck_type(schema.field(n).type)
+        value = f"CAST({n} AS {kind})" if n in have else f"NULL::{kind}"
+        if (table, n) in READ_AS:
+            value = f"COALESCE({value}, '{READ_AS[table, n]}')"
+        return f"{value} AS {n}"
+
+    cols = [column(n) for n in names]
     file = "filename" if "filename" in have else "NULL::VARCHAR"
     raw.create_view(f"_raw_{table}")
     con.execute(

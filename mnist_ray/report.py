@@ -222,11 +222,13 @@ def accuracy_by_param(runs: list[dict], params: list[str]) -> bytes:
 
 
 UNITS = {
-    "lr": "learning rate (per SGD step)",
+    "lr": "learning rate (per optimizer step)",
     "epochs": "epochs (passes over the training set)",
     "batch_size": "batch size (images per step)",
     "seed": "seed",
     "dataset": "dataset",
+    "model": "model (see `mnist-ray models`)",
+    "optimizer": "optimizer",
 }
 
 

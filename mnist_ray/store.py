@@ -175,9 +175,12 @@ class Store:
         uri = self.write_bytes(f"weights/{check_id(run_id)}.safetensors", data)
         return uri, hashlib.sha256(data).hexdigest()
 
-    def read_weights(self, run: dict) -> dict[str, np.ndarray]:
-        """The run's weights, refused unless they hash to the run row's sha256 and have the
-        model's shapes. safetensors holds raw arrays, so loading can never run code."""
+    def read_weights(
+        self, run: dict, shapes: dict[str, tuple[int, ...]] = WEIGHT_SHAPES
+    ) -> dict[str, np.ndarray]:
+        """The run's weights, refused unless they hash to the run row's sha256 and have
+        `shapes` (the model's: model.weight_shapes(run["model"]); the softmax model's by
+        default). safetensors holds raw arrays, so loading can never run code."""
         relpath = f"weights/{check_id(run['run_id'])}.safetensors"
         data = self.read_bytes(relpath)
         digest = hashlib.sha256(data).hexdigest()
@@ -188,7 +191,9 @@ class Store:
                 "refusing to load it"
             )
         weights = decode_tensors(data, self.uri(relpath))
-        for name, shape in WEIGHT_SHAPES.items():
+        if unknown := sorted(set(weights) - set(shapes)):
+            raise StoreError(f"{self.uri(relpath)}: holds {unknown[0]}; not weights of this model")
+        for name, shape in shapes.items():
             got = weights.get(name)
             if got is None or got.shape != shape or got.dtype != np.float32:
                 found = None if got is None else f"{got.dtype}{list(got.shape)}"

@@ -83,7 +83,7 @@ def parse_values(name: str, text: str) -> list | dict:
 
 
 def definition(
-    lr: str = str(TrainConfig.lr),  # a single run's defaults: one trial is the tutorial's run
+    lr: str = str(TrainConfig().lr),  # a single run's defaults: one trial is the tutorial's run
     batch_size: str = str(TrainConfig.batch_size),
     seed: str = str(TrainConfig.seed),
     epochs: int = TrainConfig.epochs,

@@ -23,7 +23,7 @@ from typing import Annotated
 import typer
 from rich.console import Console, ConsoleDimensions
 
-from mnist_ray.config import ConfigError, check_id
+from mnist_ray.config import DEFAULT_MODEL, MODEL_DEFAULTS, OPTIMIZERS, ConfigError, check_id
 from mnist_ray.data import DataError
 from mnist_ray.errors import ClusterError
 from mnist_ray.store import StoreError
@@ -175,3 +175,51 @@ CheckpointEveryOpt = Annotated[
     ),
 ]
 CsvOpt = Annotated[bool, typer.Option("--csv", help="Print CSV (a header line, then rows).")]
+# The choices are config's table (model.list_models() holds the same names), so that the
+# command line can offer them without importing torch; the callback hands on the plain str.
+ModelName = StrEnum("ModelName", {n: n for n in MODEL_DEFAULTS})
+Optimizer = StrEnum("Optimizer", {n: n for n in OPTIMIZERS})
+TUTORIAL_MODEL = ModelName(DEFAULT_MODEL)
+ModelOpt = Annotated[
+    ModelName,
+    typer.Option(
+        callback=lambda value: value.value,
+        help="Which model (`mnist-ray models` lists them).",
+    ),
+]
+OptimizerOpt = Annotated[
+    Optimizer | None,
+    typer.Option(
+        callback=lambda value: value and value.value,
+        help="Optimizer (default: the model's lab's, sgd for softmax, adam for the others).",
+        show_default=False,
+    ),
+]
+LrOpt = Annotated[
+    float | None,
+    typer.Option(
+        callback=lambda value: value if value is None else positive_finite(value),
+        help="Learning rate (default: the model's lab rate, 0.1 for softmax).",
+        show_default=False,
+    ),
+]
+LrsOpt = Annotated[
+    str,
+    typer.Option(
+        "--lr",
+        help="Learning rates: a list 0.01,0.1,0.5 or a range 0.001..1 (default: the model's "
+        "lab rate, 0.1 for softmax).",
+        show_default=False,
+    ),
+]
+GpusOpt = Annotated[
+    Gpus, typer.Option(help="auto: a GPU if the cluster has one; 1: require one; 0: CPU.")
+]
+CpusOpt = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        max=1024,
+        help="CPUs the training task asks Ray for; on a CPU, torch's threads in it.",
+    ),
+]

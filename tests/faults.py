@@ -51,9 +51,9 @@ def arm() -> None:
     folder = Path(os.environ[FOLDER])
     latest, save, evaluate_shard = checkpoints.latest, checkpoints.save, cluster.evaluate_shard
 
-    def latest_or_die(store, run_id):  # the first thing a training task does
+    def latest_or_die(store, run_id, **kwargs):  # the first thing a training task does
         _take(folder, "train-*")
-        return latest(store, run_id)
+        return latest(store, run_id, **kwargs)
 
     def save_then_die(store, run_id, ckpt):
         written = save(store, run_id, ckpt)

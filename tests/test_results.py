@@ -48,7 +48,8 @@ def test_results_shows_what_differs_with_costs_and_accuracy(tmp_path):
     assert "batch_size" not in header and "seed" not in header  # the same in both runs
     assert "batch_size=100" in got.stdout and "seed=777" in got.stdout
     assert "0.270000000" in got.stdout and "0.9226" in got.stdout and "0.8500" in got.stdout
-    every = invoke("results", "--store", str(tmp_path), "--all-columns")
+    wide = {"COLUMNS": "220"}  # every parameter, the model and optimizer too: a wide table
+    every = runner.invoke(app, ["results", "--store", str(tmp_path), "--all-columns"], env=wide)
     assert "batch_size" in next(line for line in every.stdout.splitlines() if "run_id" in line)
 
 
