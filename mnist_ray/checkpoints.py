@@ -1,6 +1,7 @@
 """Training checkpoints in the store, so a retried training task resumes.
 
     <store>/checkpoints/<run_id>/epoch-00000003.safetensors
+    <store>/checkpoints/<run_id>/attempt-<random>.attempt   (a sweep trial's attempts)
 
 Written as often as `--checkpoint-every` says (a clock, not every epoch: a GPU epoch
 takes milliseconds and must not wait on storage). Each holds the weights, torch's
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import secrets
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -88,6 +90,15 @@ def latest(
 
 def _prefixed(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
     return {k.removeprefix(prefix): v for k, v in arrays.items() if k.startswith(prefix)}
+
+
+def count_attempt(store: Store, run_id: str) -> int:
+    """Mark one more attempt at a run and return how many there have been. For a sweep
+    trial: Tune restarts a trial whose worker died as a new actor, where Ray's attempt
+    number starts at 0 again, so the attempts are counted where they leave a trace; the
+    marks go with the checkpoints when the run is stored."""
+    store.write_bytes(f"{folder(run_id)}/attempt-{secrets.token_hex(8)}.attempt", b"")
+    return len(store.list(folder(run_id), ".attempt"))
 
 
 def clear(store: Store, run_id: str) -> None:

@@ -260,9 +260,6 @@ def store_run(store: Store, run_id: str, cfg: TrainConfig, outcome: dict, **extr
     """Write a trained run's weights, then its row (the row last: it is what readers see).
     `extra`: more columns (sweep_id), or one the caller knows better than the outcome."""
     weights_uri, sha = store.write_weights(run_id, outcome["weights"])
-    attempts = outcome["attempts"]
-    if attempts is None:  # a Tune trial, restarted by Tune, not Ray: a resume is all it shows
-        attempts = 1 + (outcome["resumed_from_epoch"] > 0)
     columns = dict(
         run_id=run_id,
         created_at=now(),
@@ -274,7 +271,7 @@ def store_run(store: Store, run_id: str, cfg: TrainConfig, outcome: dict, **extr
         cuda_graph=outcome["cuda_graph"],
         epoch_costs=outcome["epoch_costs"],
         train_seconds=outcome["train_seconds"],
-        attempts=attempts,
+        attempts=outcome["attempts"],  # None in a Tune trial: sweep.py counts those itself
         weights_uri=weights_uri,
         weights_sha256=sha,
         torch_version=outcome["torch_version"],

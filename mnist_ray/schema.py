@@ -31,7 +31,9 @@ RUNS = pa.schema(
         ("cuda_graph", pa.bool_()),
         ("epoch_costs", pa.list_(pa.float64())),
         ("train_seconds", pa.float64()),
-        ("attempts", pa.int32()),  # how many times Ray ran the training task: 1, more if retried
+        # How many times the training ran: 1, more if Ray retried the task (its attempt
+        # number) or Tune restarted the sweep trial (counted by marks in the store).
+        ("attempts", pa.int32()),
         ("weights_uri", pa.string()),
         ("weights_sha256", pa.string()),
         ("torch_version", pa.string()),

@@ -179,16 +179,15 @@ def trial(config: dict, images, labels) -> None:
     from mnist_ray.cluster import store_run, training_stream
 
     run_id, cfg = config["trial"]["run_id"], TrainConfig(**config["trial"]["cfg"])
-    store = Store(config["store"])
-    stream = training_stream(
-        cfg.to_dict(), images, labels, store.location, run_id, config["use_gpu"],
-        config["checkpoint_every"],
-    )  # fmt: skip
+    store = Store(config["store"])  # attempts counted there: Ray counts no Tune restart
+    row = dict(sweep_id=config["sweep_id"], attempts=checkpoints.count_attempt(store, run_id))
+    args = (images, labels, store.location, run_id, config["use_gpu"], config["checkpoint_every"])
+    stream = training_stream(cfg.to_dict(), *args)
     pending = None
     try:
         for event in stream:
             if "outcome" in event:
-                store_run(store, run_id, cfg, event["outcome"], sweep_id=config["sweep_id"])
+                store_run(store, run_id, cfg, event["outcome"], **row)
                 checkpoints.clear(store, run_id)
                 break
             if pending is not None:

@@ -237,7 +237,7 @@ def test_killed_trial_worker_is_retried_to_identical_costs(local, train_split, t
     assert not thread.is_alive(), "the sweep did not finish after the kill"
     (row,) = read_rows(store, "runs")[0]
     assert row["run_id"] == epoch2.parent.name
-    assert row["attempts"] == 2  # resumed from its checkpoint, not restarted from scratch
+    assert row["attempts"] == 2  # the first attempt and Tune's restart, counted in the store
     assert row["epoch_costs"] == reference(train_split, epochs=epochs, batch_size=batch).epoch_costs
     assert got["summary"]["failed"] == []
 
