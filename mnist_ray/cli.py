@@ -90,24 +90,52 @@ def submit_train(
     gpus: ui.GpusOpt = Gpus.auto,
     cpus: ui.CpusOpt = 1,
     checkpoint_every: CheckpointEveryOpt = CHECKPOINT_EVERY,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            callback=valid_id,
+            metavar="RUN",
+            help="Go on with an interrupted run (id or unique prefix), with its own settings.",
+        ),
+    ] = None,
+    discard: Annotated[
+        bool, typer.Option("--discard", help="Ctrl-C or a failure deletes the run, not kept.")
+    ] = False,
     wait: WaitOpt = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a model (softmax unless --model) on a Ray worker, a GPU if there is one; store it.
+    Ctrl-C leaves the run interrupted: `--resume RUN` goes on from its last checkpoint.
 
     Example: mnist-ray submit train --model cnn --epochs 15 --store ./mnist-ray-store
     """
-    cfg = TrainConfig(dataset.value, epochs, batch_size, lr, seed, model, optimizer).validate()
+    if resume is None:
+        cfg = TrainConfig(dataset.value, epochs, batch_size, lr, seed, model, optimizer).validate()
     target = _store_or_submit(ctx, address, store, wait)
-    from mnist_ray import data
+    from mnist_ray import data, resuming
+    from mnist_ray.store import new_id
 
+    found = None
+    if resume is not None:
+        found = resuming.resumable(target, resume, resuming.given(ctx, submit_train))
+        if found["status"] == "finished":
+            err.print(f"run {found['run_id']} is finished; nothing to resume")
+            _print([output.as_json(found)] if as_json else [])
+            return
+        cfg, gpus, cpus, checkpoint_every = resuming.settings(found, gpus, cpus, checkpoint_every)
     images, labels = data.load(cfg.dataset, "train", data_dir)
     target.check_writable()  # fail now, not after 15 epochs
     from mnist_ray.cluster import train_and_store
 
-    row = train_and_store(
-        cfg, images, labels, target, address, gpus.value, checkpoint_every, err.print, cpus
-    )
+    run_id = found["run_id"] if found else new_id("run")
+    try:
+        row = train_and_store(
+            cfg, images, labels, target, address, gpus.value, checkpoint_every, err.print, cpus,
+            resume=found, keep=not discard, run_id=run_id,
+        )  # fmt: skip
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM from `jobs stop`
+        err.print(resuming.interrupted(ctx, run_id, discard))
+        raise typer.Exit(128 + getattr(exc, "signum", 2)) from None
     _print([output.as_json(row)] if as_json else render.trained(row))
 
 

@@ -317,13 +317,14 @@ def train_and_store(
     resume: dict | None = None,
     keep: bool = True,
     extra: dict | None = None,
+    run_id: str | None = None,
 ) -> dict:
     """`submit train`: the run's `running` row (all it takes to go on), then connect, train,
     store weights and the finished row; returns that row. `resume`: the row of a run to go
     on with, from its newest checkpoint. Ctrl-C or SIGTERM leaves the run `interrupted`, an
     exception `failed`, checkpoints kept; with keep=False (`--discard`) the run is deleted
-    (runstate.py). `extra`: more columns for every row of the run."""
-    run_id = resume["run_id"] if resume else new_id("run")
+    (runstate.py). `extra`: more columns for every row of the run; `run_id`: a new run's id."""
+    run_id = resume["run_id"] if resume else run_id or new_id("run")
     created = resume["created_at"] if resume else now()
     settings = dict(run_id=run_id, created_at=created, **cfg.to_dict(), **(extra or {}))
     settings |= dict(cpus=cpus, gpus=gpus, checkpoint_every=checkpoint_every)
