@@ -120,7 +120,8 @@ def load(
     (liveness.settle); `compact` keeps the rows as written."""
     key = KEYS[table]
     state = ["status", "updated_at"] if table == "runs" else []  # which row is newest
-    names = [key, *[n for n in names if n != key and n not in state], *state]
+    names = [key, *[n for n in names if n != key]]
+    names += [n for n in state if n not in names]
     bad: Bad = []
     for _ in range(ATTEMPTS):
         listed = files if files is not None else store.list(table, ".parquet")
