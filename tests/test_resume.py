@@ -21,10 +21,11 @@ import pytest
 from conftest import REPO, VENV_BIN, ensure_ray, run_row, stored_run
 from typer.testing import CliRunner
 
-from mnist_ray import liveness, runstate
+from mnist_ray import cluster, liveness, runstate
 from mnist_ray.cli import app
 from mnist_ray.compact import compact
 from mnist_ray.config import TrainConfig
+from mnist_ray.errors import ClusterError
 from mnist_ray.query import read_rows
 from mnist_ray.store import Store, now
 
@@ -266,17 +267,28 @@ def test_a_store_from_before_statuses_reads_as_finished(tmp_path):
     assert json.loads(got.stdout) == [{"status": "finished"}]
 
 
-def test_a_failed_run_says_why_and_keeps_its_settings(tmp_path):
-    """--gpus 1 on the session's Ray, which has no GPU: the run is failed, not lost."""
-    ray = ensure_ray()
-    if ray.cluster_resources().get("GPU", 0) >= 1:
-        pytest.skip("this Ray has a GPU")
-    got = invoke(*TRAIN, "--gpus", "1", "--store", str(tmp_path))
-    assert got.exit_code == 1, got.output
+def test_a_failed_run_says_why_and_keeps_its_settings(mnist_train, tmp_path):
+    """The training task raises (its checkpoint folder is a file): the run is failed, with
+    its cause, not lost; a request refused up front (--gpus 1 without a GPU) leaves nothing."""
+    ensure_ray()
+    store = Store(str(tmp_path))
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "run-fails").write_text("a file where a folder should be")
+    with pytest.raises(ClusterError, match="training failed: StoreError"):
+        cluster.train_and_store(
+            TrainConfig(epochs=3), *mnist_train, store, None, "0", 0, lambda _: None, 1,
+            run_id="run-fails",
+        )  # fmt: skip
     run = only_run(tmp_path)
-    assert run["status"] == "failed" and "has no GPU" in run["failure"], run["failure"]
-    assert run["gpus"] == "1" and run["epochs"] == 3 and run["checkpoint_every"] == 0
+    assert run["status"] == "failed" and run["failure"].startswith("training failed: StoreError")
+    assert (run["gpus"], run["epochs"], run["checkpoint_every"], run["cpus"]) == ("0", 3, 0, 1)
     (shown,) = results(tmp_path)
     assert shown["status"] == "failed" and shown["last_cost"] is None
+    assert shown["failure"] == run["failure"]
     table = runner.invoke(app, ["results", "--store", str(tmp_path)], env={"COLUMNS": "300"})
-    assert "│ failed" in table.stdout and "0.3" not in table.stdout, table.stdout  # no cost
+    assert "│ failed" in table.stdout, table.stdout
+
+    if ensure_ray().cluster_resources().get("GPU", 0) < 1:
+        got = invoke(*TRAIN, "--gpus", "1", "--store", str(tmp_path / "refused"))
+        assert got.exit_code == 1 and "--gpus 1: the Ray cluster has no GPU" in got.output
+        assert list((tmp_path / "refused" / "runs").glob("*")) == []
