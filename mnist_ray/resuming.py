@@ -16,7 +16,7 @@ import dataclasses
 import shlex
 
 from mnist_ray.config import TrainConfig
-from mnist_ray.query import find_run
+from mnist_ray.query import find_run, read_rows
 from mnist_ray.store import Store
 from mnist_ray.ui import Gpus, fail, spelled
 
@@ -49,6 +49,21 @@ def resumable(store: Store, wanted: str, options: dict[str, tuple[str, object]])
         had = run.get(name)
         if had is not None and value != had:
             fail(f"{option} {value}: run {run_id} was trained with {had}; leave {option} out", 2)
+    return run
+
+
+def evaluable(store: Store, wanted: str | None) -> dict:
+    """The run `evaluate --run` names, refused unless finished (no other has weights); with
+    no --run, the latest finished run."""
+    if wanted is None:
+        finished = [r for r in read_rows(store, "runs")[0] if r["status"] == "finished"]
+        return find_run(store, None, runs=finished)
+    run = find_run(store, wanted)
+    if run["status"] != "finished":
+        fail(
+            f"--run {wanted}: run {run['run_id']} is {run['status']} and has no weights; "
+            f"finish it with `mnist-ray submit train --resume {run['run_id']}`"
+        )
     return run
 
 

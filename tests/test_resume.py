@@ -179,6 +179,8 @@ def test_ctrl_c_leaves_the_run_interrupted_and_says_how_to_go_on(tmp_path):
         lines = got.output.strip().splitlines()
         assert len(lines) == 1 and f"{option} {value}: run {run['run_id']}" in lines[0], lines
     assert only_run(store)["status"] == "interrupted"  # nothing changed
+    got = invoke("evaluate", "--run", run["run_id"], "--store", str(store))
+    assert got.exit_code == 1 and "is interrupted and has no weights" in got.output, got.output
 
 
 def test_discard_leaves_nothing(gcs, tmp_path):
