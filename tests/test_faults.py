@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import faults
+import pyarrow.parquet as pq
 import pytest
 import ray
 from conftest import stored_run
@@ -379,7 +380,9 @@ def test_training_retries_exhausted_is_one_clear_line(local, tmp_path):
         _, stderr = proc.communicate(timeout=60)
     assert len(killed) == 1 + RETRIES
     _assert_gave_up(proc.returncode, stderr, "training")
-    assert _parquet_files(store, "runs") == []
+    (row,) = pq.read_table(_parquet_files(store, "runs")[0]).to_pylist()  # the run, failed
+    assert row["status"] == "failed" and f"after {RETRIES} retries" in row["failure"]
+    assert row["weights_sha256"] is None and list((store / "weights").glob("*")) == []
 
 
 def test_evaluation_retries_exhausted_is_one_clear_line(local, tmp_path):
