@@ -83,6 +83,10 @@ def interrupted(ctx, run_id: str, discard: bool) -> str:
         return f"interrupted: run {run_id} discarded (its row and checkpoints deleted)"
     words = ["mnist-ray", "submit", "train", "--resume", run_id]
     for name in ("store", "address"):
-        if ctx.params.get(name) is not None and ctx.get_parameter_source(name).name in GIVEN:
+        # Typed, not from the environment: a job's driver has RAY_ADDRESS set by Ray.
+        if (
+            ctx.params.get(name) is not None
+            and ctx.get_parameter_source(name).name == "COMMANDLINE"
+        ):
             words += [f"--{name}", str(ctx.params[name])]
     return f"interrupted: run {run_id} kept with its checkpoints; go on with: {shlex.join(words)}"
