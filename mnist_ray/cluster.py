@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import ray
 
-from mnist_ray import checkpoints
+from mnist_ray import checkpoints, usermodel
 from mnist_ray.config import (
     CHECKPOINT_EVERY,
     DEFAULT_MODEL,
@@ -40,7 +40,7 @@ from mnist_ray.evaluate import (
 from mnist_ray.output import say
 from mnist_ray.schema import evaluation_row, run_row
 from mnist_ray.session import connect
-from mnist_ray.store import Store, new_id, now
+from mnist_ray.store import Store, StoreError, new_id, now
 from mnist_ray.taskinfo import current_attempt, peak_rss_mib, where
 
 __all__ = [
@@ -201,6 +201,7 @@ def train_on_ray(
     args = (cfg.to_dict(), ray.put(images), ray.put(labels), store.location, run_id)
     args += (num_gpus > 0, checkpoint_every, cpus)
     options = dict(num_cpus=cpus, num_gpus=num_gpus, name=f"train {run_id}")
+    options |= usermodel.task_options(cfg.model)  # a user's model: its code, shipped
     show = lambda item: log(f"Epoch: {item['epoch']:04d} cost = {item['cost']:.9f}")  # noqa: E731
     if ray.util.client.ray.is_connected():  # ray://: Ray Client has no streaming generators
         return _train_through_a_queue(args, options, show)
@@ -279,6 +280,7 @@ def store_run(store: Store, run_id: str, cfg: TrainConfig, outcome: dict, **extr
         peak_rss_mib=outcome["peak_rss_mib"],
         gpu_peak_mib=outcome["gpu_peak_mib"],
         threads=outcome["threads"],
+        model_source=usermodel.source_of(cfg.model),  # a user's file, to evaluate it later
     )
     row = run_row(**columns | extra)
     store.write_row("runs", row)
@@ -321,10 +323,17 @@ def read_weights(store: Store, run: dict) -> dict[str, np.ndarray]:
     """The run's weights, checked against its model's names and shapes. The softmax
     model's are config.WEIGHT_SHAPES (tests/test_model.py holds them equal to its
     module's), so the classic job's driver never imports torch; another model's shapes
-    come from its module (model.py imports torch)."""
+    come from its module (model.py imports torch); a user's file model's from its text
+    kept in the row (model_source), so the file itself is no longer needed."""
     if run["model"] == DEFAULT_MODEL:
         return store.read_weights(run, WEIGHT_SHAPES)
     from mnist_ray.model import weight_shapes
+
+    if usermodel.is_user(run["model"]):
+        try:
+            usermodel.restore_run(run)
+        except usermodel.ModelError as exc:
+            raise StoreError(f"run {run['run_id']}: {exc.line()}") from None
 
     return store.read_weights(run, weight_shapes(run["model"]))
 
@@ -351,8 +360,11 @@ def evaluate_on_ray(
     """One CPU task per contiguous shard, each running `model` (a registry name) with
     `weights`; the merged counts and the nodes that ran them."""
     w, x, y = ray.put(weights), ray.put(images), ray.put(labels)  # once, shared by all shards
+    shipped = usermodel.task_options(model)  # a user's model: its code; built-in: nothing
     refs = [
-        shard_task.options(name=f"shard {start}:{stop}").remote(w, x, y, start, stop, sample, model)
+        shard_task.options(name=f"shard {start}:{stop}", **shipped).remote(
+            w, x, y, start, stop, sample, model
+        )
         for start, stop in shard_bounds(len(labels), shards)
     ]
     shown = [0]
