@@ -23,15 +23,18 @@ import logging
 import os
 import shlex
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
 
 import typer
 
-from mnist_ray.config import first_line
+from mnist_ray import usermodel
+from mnist_ray.config import check_model, first_line
 from mnist_ray.errors import ClusterError, token_error
 from mnist_ray.output import say
 from mnist_ray.streams import NONCE_VAR, LogSplitter, new_nonce
@@ -165,20 +168,38 @@ def _call(address: str, what: str, fn, *args):
         raise ClusterError(f"{what}: {first_line(exc)}") from None
 
 
+def ship_model(argv: list[str], folder: Path) -> tuple[list[str], dict]:
+    """A user's model goes with the job, never through a shared filesystem: a file is
+    copied into `folder`, the job's working_dir (where its entrypoint runs), and `--model`
+    names it there (`net.py:Net`), so a path relative to this machine's folder works; a
+    package.module's package goes in the job's py_modules. (argv, the runtime_env part)."""
+    if "--model" not in argv[:-1]:
+        return argv, {}
+    at = argv.index("--model") + 1
+    if not usermodel.is_user(argv[at]):
+        return argv, {}
+    check_model(argv[at])  # checked before submitting, as the command checked it
+    spec, shipped = usermodel.job_files(argv[at], folder)
+    return [*argv[:at], spec, *argv[at + 1 :]], shipped
+
+
 # ---- submit, follow, report -------------------------------------------------------------------
 
 
-def submit(address: str, entry: str, kind: str, nonce: str | None = None) -> tuple[object, str]:
+def submit(
+    address: str, entry: str, kind: str, nonce: str | None = None, shipped: dict | None = None
+) -> tuple[object, str]:
+    """Submit the entrypoint; `shipped`: more of the job's runtime_env (a user's model)."""
     c = client(address)
     # the job frames its result lines with the nonce, so they come back apart from its log
-    runtime_env = {"env_vars": {NONCE_VAR: nonce}} if nonce else None
+    runtime_env = ({"env_vars": {NONCE_VAR: nonce}} if nonce else {}) | (shipped or {})
     job_id = _call(
         address,
         "submitting the job",
         lambda: c.submit_job(
             entrypoint=entry,
             metadata={"app": "mnist-ray", "command": kind},
-            runtime_env=runtime_env,
+            runtime_env=runtime_env or None,
         ),
     )
     return c, job_id
@@ -229,10 +250,12 @@ def submit_cli(
 ) -> int:
     """What `--address http://...` does for `submit train` and `evaluate`; the exit code."""
     check_shared_store(store)
-    entry = entrypoint(argv, store)
     kind = " ".join(a for a in argv[:2] if not a.startswith("-"))
     nonce = new_nonce()
-    c, job_id = submit(address, entry, kind, nonce)
+    with tempfile.TemporaryDirectory(prefix="mnist-ray-job-") as folder:
+        argv, shipped = ship_model(argv, Path(folder))  # uploaded by submit, then not needed
+        entry = entrypoint(argv, store)
+        c, job_id = submit(address, entry, kind, nonce, shipped)
     log(f"Submitted job {job_id} to {address}: {entry}")
     if not wait:  # the job id is the result; with --json, as one JSON document
         print(json.dumps({"job_id": job_id, "address": address}) if "--json" in argv else job_id)
