@@ -67,7 +67,6 @@ class Loaded:
     source: str | None  # the file's text (file form); None for package.module
     ship: Path | None  # what py_modules carries to the tasks; None: nothing to carry
     mapped: bool  # a file: the tasks import it as module.__name__, told by MODULES_VAR
-    reread: bool = False  # read from a file here: read again at each load (it may change)
 
 
 _LOADED: dict[str, Loaded] = {}
@@ -99,7 +98,7 @@ def load(spec: str) -> Loaded:
     """The spec's module, imported once per process: in a task, the module its runtime_env
     shipped; in the driver, the file read (or the package imported) now."""
     kind, target, attr = parse(spec)
-    if spec in _LOADED and not _LOADED[spec].reread:
+    if spec in _LOADED:  # read once: a job's working_dir may be gone once it connected
         return _LOADED[spec]
     shipped = json.loads(os.environ.get(MODULES_VAR) or "{}").get(spec)
     if shipped:  # a Ray task: the runtime_env put the module on sys.path
@@ -148,7 +147,7 @@ def restore(spec: str, source: str, shown: str | None = None) -> Loaded:
             raise ModelError(f"importing {target} raised {_named(exc)}", value=spec) from None
     if spec in _LOADED and _LOADED[spec].module is not module:
         _CHECKED.discard(spec)  # other code under the same spec: check it again
-    _LOADED[spec] = Loaded(spec, module, attr, source, None, True, reread=shown is not None)
+    _LOADED[spec] = Loaded(spec, module, attr, source, None, True)
     return _LOADED[spec]
 
 
@@ -339,9 +338,12 @@ def task_options(spec: str) -> dict:
 
 def upload(path: Path, spec: str) -> str:
     """A gcs:// URI for the folder (or .py file), uploaded as ray.init uploads py_modules."""
+    import ray
     from ray._private.runtime_env.py_modules import upload_py_modules_if_needed
 
     try:
+        if ray.util.client.ray.is_connected():
+            return _upload_through_client(path)
         with tempfile.TemporaryDirectory() as scratch:
             env = upload_py_modules_if_needed(
                 {"py_modules": [str(path)]}, include_gitignore=True, scratch_dir=scratch
@@ -351,6 +353,29 @@ def upload(path: Path, spec: str) -> str:
             f"shipping {path} to the cluster failed: {_line(exc)}", "model", spec
         ) from None
     return env["py_modules"][0]
+
+
+def _upload_through_client(path: Path) -> str:
+    """Ray 2.60's Ray Client proxy answers PinRuntimeEnvURI, the first step of Ray's upload,
+    with UNIMPLEMENTED, and its client retries that forever; so through ray:// the package
+    is made and put in the GCS here, by the same functions, without the pin (a temporary
+    reference that only guards a package between upload and a job's start)."""
+    from ray._private.runtime_env import packaging
+
+    folder = path.is_dir()
+    uri = (
+        packaging.get_uri_for_directory(str(path), include_gitignore=True)
+        if folder
+        else packaging.get_uri_for_file(str(path))
+    )
+    if not packaging.package_exists(uri):
+        with tempfile.TemporaryDirectory() as scratch:
+            target = Path(scratch) / "package.zip"
+            packaging.create_package(
+                str(path), target, include_gitignore=True, include_parent_dir=folder
+            )
+            packaging.upload_package_to_gcs(uri, target.read_bytes())
+    return uri
 
 
 def job_files(spec: str, folder: Path) -> tuple[str, dict]:
