@@ -115,13 +115,12 @@ def load(spec: str) -> Loaded:
         except (OSError, UnicodeDecodeError) as exc:
             raise ModelError(f"can't read {target}: {_line(exc)}", value=spec) from None
         return restore(spec, source, shown=target)
-    else:
-        if os.getcwd() not in sys.path:  # `mnist-ray` is a script: its sys.path lacks the cwd
+    with contextlib.suppress(OSError):  # `mnist-ray` is a script: its sys.path lacks the cwd
+        if os.getcwd() not in sys.path:
             sys.path.append(os.getcwd())
-        module = _import(spec, target)
-        loaded = Loaded(spec, module, attr, None, _package_path(target), False)
-    _LOADED[spec] = loaded
-    return loaded
+    module = _import(spec, target)
+    _LOADED[spec] = Loaded(spec, module, attr, None, _package_path(target), False)
+    return _LOADED[spec]
 
 
 def restore(spec: str, source: str, shown: str | None = None) -> Loaded:
