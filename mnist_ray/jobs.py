@@ -168,31 +168,24 @@ def _call(address: str, what: str, fn, *args):
         raise ClusterError(f"{what}: {first_line(exc)}") from None
 
 
-def ship_model(argv: list[str], folder: Path, store: str) -> tuple[list[str], dict]:
+def ship_model(spec: str, folder: Path) -> tuple[str, dict]:
     """A user's model goes with the job, never through a shared filesystem: a file is
-    copied into `folder`, the job's working_dir (where its entrypoint runs), and `--model`
+    copied into `folder`, the job's working_dir (where its entrypoint runs), and the spec
     names it there (`net.py:Net`), so a path relative to this machine's folder works; a
-    package.module's package goes in the job's py_modules. (argv, the runtime_env part).
-    `evaluate` needs no file (the run row holds its text), only a package, if any."""
-    if argv[:1] == ["evaluate"]:
-        return argv, _evaluated_package(argv, store)
-    if "--model" not in argv[:-1]:
-        return argv, {}
-    at = argv.index("--model") + 1
-    if not usermodel.is_user(argv[at]):
-        return argv, {}
-    check_model(argv[at])  # checked before submitting, as the command checked it
-    spec, shipped = usermodel.job_files(argv[at], folder)
-    return [*argv[:at], spec, *argv[at + 1 :]], shipped
+    package.module's package goes in the job's py_modules. (spec, the runtime_env part)."""
+    if not usermodel.is_user(spec):
+        return spec, {}
+    check_model(spec)  # checked before submitting, as the command checked it
+    return usermodel.job_files(spec, folder)
 
 
-def _evaluated_package(argv: list[str], store: str) -> dict:
-    """py_modules for the package of the run `evaluate` will evaluate, when this machine
-    reads the store and imports the package; else nothing (the job says what it lacks)."""
+def evaluated_package(store: str, run: str | None) -> dict:
+    """`evaluate` needs no model file (the run row holds its text), only a package model's
+    package: py_modules for it when this machine reads the store and imports the package;
+    else nothing (the job then says what it lacks)."""
     from mnist_ray.query import find_run
     from mnist_ray.store import Store, StoreError
 
-    run = argv[argv.index("--run") + 1] if "--run" in argv[:-1] else None
     try:
         spec = find_run(Store(store), run)["model"]
         if usermodel.is_user(spec) and usermodel.parse(spec)[0] == "package":
@@ -272,7 +265,13 @@ def submit_cli(
     kind = " ".join(a for a in argv[:2] if not a.startswith("-"))
     nonce = new_nonce()
     with tempfile.TemporaryDirectory(prefix="mnist-ray-job-") as folder:
-        argv, shipped = ship_model(argv, Path(folder), store)  # submit uploads it
+        argv, shipped = list(argv), {}  # a user's model, which submit uploads with the job
+        if "--model" in argv[:-1]:
+            at = argv.index("--model") + 1
+            argv[at], shipped = ship_model(argv[at], Path(folder))
+        elif argv[:1] == ["evaluate"]:
+            run = argv[argv.index("--run") + 1] if "--run" in argv[:-1] else None
+            shipped = evaluated_package(store, run)
         entry = entrypoint(argv, store)
         c, job_id = submit(address, entry, kind, nonce, shipped)
     log(f"Submitted job {job_id} to {address}: {entry}")
