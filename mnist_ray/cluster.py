@@ -357,8 +357,9 @@ def evaluate_on_ray(
     log: Callable[[str], None] = say,
     model: str = "softmax",
 ) -> dict:
-    """One CPU task per contiguous shard, each running `model` (a registry name) with
-    `weights`; the merged counts and the nodes that ran them."""
+    """One CPU task per contiguous shard, each running `model` (a registry name, or a
+    user's spec, whose code the tasks get in their runtime_env) with `weights`; the merged
+    counts and the nodes that ran them."""
     w, x, y = ray.put(weights), ray.put(images), ray.put(labels)  # once, shared by all shards
     shipped = usermodel.task_options(model)  # a user's model: its code; built-in: nothing
     refs = [
