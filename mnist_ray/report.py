@@ -269,20 +269,22 @@ def accuracy_by_model(runs: list[dict]) -> bytes:
     plt = _plt()
     best = best_by_model(runs)
     models = list(best)
-    fig, ax = plt.subplots(layout="constrained", figsize=(max(5, 1.2 * len(models) + 2), 3.8))
+    fig, ax = plt.subplots(layout="constrained", figsize=(max(6.5, 1.2 * len(models) + 3), 3.8))
     heights = [best[m] or 0.0 for m in models]
-    bars = ax.bar(range(len(models)), heights, color="tab:blue", label="best run of the model")
+    bars = ax.bar(
+        range(len(models)), heights, color="tab:blue", label="its best run\n(latest evaluation)"
+    )
     for bar, m in zip(bars, models, strict=True):
         text = f"{best[m]:.4f}" if best[m] is not None else "not evaluated"
         ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.01, text,
                 ha="center", va="bottom", fontsize=8)  # fmt: skip
     ax.set_xticks(range(len(models)), models, rotation=30 if len(models) > 4 else 0)
     ax.set_ylim(0, 1.1)
-    ax.set_title("Best test accuracy per model (each run's latest evaluation)")
+    ax.set_title("Best test accuracy per model")
     ax.set_xlabel(UNITS["model"])
     ax.set_ylabel("test accuracy (fraction)")
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)  # clear of the bars
     return _png(fig)
 
 
