@@ -187,7 +187,11 @@ def evaluate(
 @friendly("sweep")
 def sweep(
     ctx: typer.Context,
-    lr: ui.LrsOpt = str(TUTORIAL.lr),
+    model: Annotated[str, typer.Option(help="Models: a list softmax,mlp,cnn.")] = TUTORIAL.model,
+    optimizer: Annotated[
+        str | None, typer.Option(help="Optimizers: a list sgd,adam (default: each model's lab's).")
+    ] = None,
+    lr: ui.LrsOpt = None,
     batch_size: Annotated[
         str, typer.Option(help="Batch sizes: a list 50,100 or a range 50..200.")
     ] = str(TUTORIAL.batch_size),
@@ -239,7 +243,7 @@ def sweep(
 
     spec = sweeps.definition(
         lr, batch_size, seed, epochs, dataset.value, samples, search_seed, early_stop,
-        gpus_per_trial, cpus_per_trial, evaluate, shards, checkpoint_every,
+        gpus_per_trial, cpus_per_trial, evaluate, shards, checkpoint_every, model, optimizer,
     )  # fmt: skip
     if resume is not None:
         check_id(resume, "resume")

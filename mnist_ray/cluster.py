@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import ray
 
-from mnist_ray import checkpoints, liveness, runstate
+from mnist_ray import checkpoints, liveness, runstate, usermodel
 from mnist_ray.config import (
     CHECKPOINT_EVERY,
     DEFAULT_MODEL,
@@ -40,7 +40,7 @@ from mnist_ray.evaluate import (
 from mnist_ray.output import say
 from mnist_ray.schema import evaluation_row, run_row
 from mnist_ray.session import connect
-from mnist_ray.store import Store, new_id, now
+from mnist_ray.store import Store, StoreError, new_id, now
 from mnist_ray.taskinfo import current_attempt, peak_rss_mib, where
 
 __all__ = [
@@ -109,14 +109,12 @@ def training_stream(
 ) -> Iterator[dict]:
     """The training task: a plain generator, run by Ray as a streaming generator task.
 
-    Yields {"epoch", "cost", "seconds"} as each epoch completes, then {"outcome": ...}
-    (weights, costs, where it ran, which attempt it was). Writes a checkpoint when
-    `checkpoint_every` seconds have passed since the last one (0: after every epoch), never
-    after the last epoch, whose weights the driver stores anyway. A retried attempt resumes
-    from the newest checkpoint and first yields again the epochs it restored: Ray hands the
-    caller a retry's yields by position, dropping those it already has, so every attempt
-    must yield epoch i at position i. `threads`: torch's threads, as many as the CPUs
-    the task holds (the CPU costs depend on it, so the run row records it)."""
+    Yields {"epoch", "cost", "seconds"} as each epoch completes, then {"outcome": ...}.
+    Checkpoints when `checkpoint_every` seconds have passed since the last (0: every epoch
+    but the last). An attempt (a retry, a resumed run) starts from the newest checkpoint
+    and first yields again the epochs it restored: Ray hands the caller a retry's yields by
+    position, so every attempt yields epoch i at position i. `threads`: torch's threads,
+    as many as the task's CPUs (the CPU costs depend on it; the run row records it)."""
     import torch
 
     from mnist_ray.model import weight_shapes
@@ -194,8 +192,8 @@ def train_on_ray(
     log: Callable[[str], None] = say,
     checkpoint_every: float = CHECKPOINT_EVERY,
     cpus: int = 1,
-    on_epoch: Callable[[dict], None] | None = None,
-    on_stop: Callable[[], None] | None = None,
+    on_epoch: Callable[[dict], None] = lambda item: None,
+    on_stop: Callable[[], None] = lambda: None,
 ) -> dict:
     """Run the training task, print each epoch as it streams in; return its outcome.
     `cpus`: the CPUs the task asks Ray for, and torch's threads in it. `on_epoch(item)`
@@ -204,11 +202,11 @@ def train_on_ray(
     args = (cfg.to_dict(), ray.put(images), ray.put(labels), store.location, run_id)
     args += (num_gpus > 0, checkpoint_every, cpus)
     options = dict(num_cpus=cpus, num_gpus=num_gpus, name=f"train {run_id}")
+    options |= usermodel.task_options(cfg.model)  # a user's model: its code, shipped
 
     def show(item: dict) -> None:
         log(f"Epoch: {item['epoch']:04d} cost = {item['cost']:.9f}")
-        if on_epoch is not None:
-            on_epoch(item)
+        on_epoch(item)
 
     if ray.util.client.ray.is_connected():  # ray://: Ray Client has no streaming generators
         return _train_through_a_queue(args, options, show, on_stop)
@@ -222,8 +220,7 @@ def train_on_ray(
             else:
                 show(item)
     except KeyboardInterrupt:
-        if on_stop is not None:
-            on_stop()
+        on_stop()
         _cancel([stream], [stream.completed()])
         raise
     except ray.exceptions.RayError as exc:
@@ -244,9 +241,7 @@ def _train_into(progress, *args) -> dict:
 train_into_task = ray.remote(num_cpus=1, max_retries=RETRIES)(_train_into)
 
 
-def _train_through_a_queue(
-    args: tuple, options: dict, show: Callable[[dict], None], on_stop: Callable[[], None] | None
-) -> dict:
+def _train_through_a_queue(args: tuple, options: dict, show: Callable, on_stop: Callable) -> dict:
     from ray.util.queue import Queue
 
     progress = Queue(actor_options={"num_cpus": 0})  # placed anywhere, holds no CPU
@@ -265,17 +260,15 @@ def _train_through_a_queue(
         drain()
         return outcome
     except KeyboardInterrupt:
-        if on_stop is not None:
-            on_stop()
+        on_stop()
         raise
     finally:
         ray.kill(progress.actor)
 
 
-def store_run(store: Store, run_id: str, cfg: TrainConfig, outcome: dict, **extra) -> dict:
-    """Write a trained run's weights, then its finished row (the row last: it is what
-    readers see; it replaces the run's running row). `extra`: more columns (sweep_id,
-    the run's settings), or one the caller knows better than the outcome (created_at)."""
+def store_run(store: Store, run_id: str, cfg: TrainConfig, outcome: dict, /, **extra) -> dict:
+    """Write a trained run's weights, then its finished row, which replaces its running row.
+    `extra`: more columns (sweep_id, the run's settings), or one known better (created_at)."""
     weights_uri, sha = store.write_weights(run_id, outcome["weights"])
     columns = dict(
         run_id=run_id,
@@ -296,6 +289,7 @@ def store_run(store: Store, run_id: str, cfg: TrainConfig, outcome: dict, **extr
         peak_rss_mib=outcome["peak_rss_mib"],
         gpu_peak_mib=outcome["gpu_peak_mib"],
         threads=outcome["threads"],
+        model_source=usermodel.source_of(cfg.model),  # a user's file, to evaluate it later
         status="finished",
     )
     row = run_row(**columns | extra | {"updated_at": now()})
@@ -316,17 +310,16 @@ def train_and_store(
     *,
     resume: dict | None = None,
     keep: bool = True,
-    extra: dict | None = None,
     run_id: str | None = None,
 ) -> dict:
     """`submit train`: the run's `running` row (all it takes to go on), then connect, train,
     store weights and the finished row; returns that row. `resume`: the row of a run to go
-    on with, from its newest checkpoint. Ctrl-C or SIGTERM leaves the run `interrupted`, an
-    exception `failed`, checkpoints kept; with keep=False (`--discard`) the run is deleted
-    (runstate.py). `extra`: more columns for every row of the run; `run_id`: a new run's id."""
+    on with, from its newest checkpoint; else a new run (`run_id`). Ctrl-C or SIGTERM leaves
+    it `interrupted`, an exception `failed`; keep=False (`--discard`) deletes it (runstate)."""
     run_id = resume["run_id"] if resume else run_id or new_id("run")
     created = resume["created_at"] if resume else now()
-    settings = dict(run_id=run_id, created_at=created, **cfg.to_dict(), **(extra or {}))
+    settings = dict(run_id=run_id, created_at=created, **cfg.to_dict())
+    settings["model_source"] = usermodel.source_of(cfg.model)  # a user's file: its text
     settings |= dict(cpus=cpus, gpus=gpus, checkpoint_every=checkpoint_every)
     costs: list[float] = []  # the epochs seen so far, for the row of a run left unfinished
     left = runstate.Leaving(store, settings, costs, keep)
@@ -343,8 +336,7 @@ def train_and_store(
         except BaseException as exc:
             left.because(exc)
             raise
-        settled = {k: v for k, v in settings.items() if k != "run_id"}
-        row = store_run(store, run_id, cfg, outcome, **settled)
+        row = store_run(store, run_id, cfg, outcome, **settings)
     checkpoints.clear(store, run_id)
     return row
 
@@ -356,10 +348,17 @@ def read_weights(store: Store, run: dict) -> dict[str, np.ndarray]:
     """The run's weights, checked against its model's names and shapes. The softmax
     model's are config.WEIGHT_SHAPES (tests/test_model.py holds them equal to its
     module's), so the classic job's driver never imports torch; another model's shapes
-    come from its module (model.py imports torch)."""
+    come from its module (model.py imports torch); a user's file model's from its text
+    kept in the row (model_source), so the file itself is no longer needed."""
     if run["model"] == DEFAULT_MODEL:
         return store.read_weights(run, WEIGHT_SHAPES)
     from mnist_ray.model import weight_shapes
+
+    if usermodel.is_user(run["model"]):
+        try:
+            usermodel.restore_run(run)
+        except usermodel.ModelError as exc:
+            raise StoreError(f"run {run['run_id']}: {exc.line()}") from None
 
     return store.read_weights(run, weight_shapes(run["model"]))
 
@@ -383,11 +382,15 @@ def evaluate_on_ray(
     log: Callable[[str], None] = say,
     model: str = "softmax",
 ) -> dict:
-    """One CPU task per contiguous shard, each running `model` (a registry name) with
-    `weights`; the merged counts and the nodes that ran them."""
+    """One CPU task per contiguous shard, each running `model` (a registry name, or a
+    user's spec, whose code the tasks get in their runtime_env) with `weights`; the merged
+    counts and the nodes that ran them."""
     w, x, y = ray.put(weights), ray.put(images), ray.put(labels)  # once, shared by all shards
+    shipped = usermodel.task_options(model)  # a user's model: its code; built-in: nothing
     refs = [
-        shard_task.options(name=f"shard {start}:{stop}").remote(w, x, y, start, stop, sample, model)
+        shard_task.options(name=f"shard {start}:{stop}", **shipped).remote(
+            w, x, y, start, stop, sample, model
+        )
         for start, stop in shard_bounds(len(labels), shards)
     ]
     shown = [0]

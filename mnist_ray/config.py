@@ -30,6 +30,7 @@ MODEL_DEFAULTS = {
     "cnn-deep": ("adam", 0.001),  # lab-11-2-mnist_deep_cnn.py
 }
 DEFAULT_MODEL = "softmax"
+USER_MODEL_DEFAULTS = ("adam", 0.001)  # a user's own model (usermodel.py): the labs' Adam
 OPTIMIZERS = ("sgd", "adam")  # torch.optim.SGD without momentum, torch.optim.Adam's defaults
 # Seconds between the checkpoints a retried training task (or sweep trial) resumes from;
 # 0: after every epoch. Never after the last epoch, whose weights are stored anyway.
@@ -59,13 +60,17 @@ class TrainConfig:
     batch_size: int = 100  # the tutorial's batch_size; the last partial batch is dropped
     lr: float | None = None  # None: the model's lab's, 0.1 for softmax, 0.001 for Adam
     seed: int = 777  # random.seed and torch.manual_seed, before anything else
-    model: str = DEFAULT_MODEL  # a name in MODEL_DEFAULTS (model.py builds it)
+    # A name in MODEL_DEFAULTS (model.py builds it), or a user's FILE.py:NAME or
+    # package.module:NAME (usermodel.py; trained with adam 0.001 unless told otherwise).
+    model: str = DEFAULT_MODEL
     optimizer: str | None = None  # "sgd" or "adam"; None: the model's lab's
 
     def __post_init__(self):
         # A field left as None takes the model's lab default here, once, so that every
         # reader (the run row, a sweep's trial, a checkpoint) sees the value trained with.
-        optimizer, lr = MODEL_DEFAULTS.get(self.model, (None, None))
+        optimizer, lr = MODEL_DEFAULTS.get(
+            self.model, USER_MODEL_DEFAULTS if ":" in self.model else (None, None)
+        )
         if self.optimizer is None:
             object.__setattr__(self, "optimizer", optimizer)
         if self.lr is None:
@@ -73,11 +78,7 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         check_dataset(self.dataset)
-        if self.model not in MODEL_DEFAULTS and ":" not in self.model:  # or a user's module:attr
-            raise ConfigError(
-                "model",
-                f"unknown model {self.model!r}; choose one of {', '.join(MODEL_DEFAULTS)}",
-            )
+        check_model(self.model)
         if self.optimizer is None or self.lr is None:
             option = "optimizer" if self.optimizer is None else "lr"
             raise ConfigError(option, f"model {self.model} has no lab default: give one")
@@ -109,6 +110,25 @@ class EvalConfig:
         if not 1 <= self.shards <= MAX_SHARDS:
             raise ConfigError("shards", f"{self.shards} is not in 1..{MAX_SHARDS}")
         return self
+
+
+def check_model(spec: str) -> str:
+    """A built-in name, or a user's model that loads and maps a batch (2, 1, 28, 28) to
+    (2, 10) (usermodel.check; torch is imported only then). Here, before any Ray task."""
+    if spec in MODEL_DEFAULTS:
+        return spec
+    if ":" not in spec:
+        raise ConfigError(
+            "model",
+            f"unknown model {spec!r}; choose one of {', '.join(MODEL_DEFAULTS)}",
+        )
+    from mnist_ray.usermodel import ModelError, check
+
+    try:
+        check(spec)
+    except ModelError as exc:
+        raise ConfigError("model", f"{spec}: {exc.message}") from None
+    return spec
 
 
 def check_dataset(name: str) -> str:

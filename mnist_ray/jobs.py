@@ -23,15 +23,18 @@ import logging
 import os
 import shlex
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
 
 import typer
 
-from mnist_ray.config import first_line
+from mnist_ray import usermodel
+from mnist_ray.config import check_model, first_line
 from mnist_ray.errors import ClusterError, token_error
 from mnist_ray.output import say
 from mnist_ray.streams import NONCE_VAR, LogSplitter, new_nonce
@@ -165,20 +168,50 @@ def _call(address: str, what: str, fn, *args):
         raise ClusterError(f"{what}: {first_line(exc)}") from None
 
 
+def ship_model(spec: str, folder: Path) -> tuple[str, dict]:
+    """A user's model goes with the job, never through a shared filesystem: a file is
+    copied into `folder`, the job's working_dir (where its entrypoint runs), and the spec
+    names it there (`net.py:Net`), so a path relative to this machine's folder works; a
+    package.module's package goes in the job's py_modules. (spec, the runtime_env part)."""
+    if not usermodel.is_user(spec):
+        return spec, {}
+    check_model(spec)  # checked before submitting, as the command checked it
+    return usermodel.job_files(spec, folder)
+
+
+def evaluated_package(store: str, run: str | None) -> dict:
+    """`evaluate` needs no model file (the run row holds its text), only a package model's
+    package: py_modules for it when this machine reads the store and imports the package;
+    else nothing (the job then says what it lacks)."""
+    from mnist_ray.query import find_run
+    from mnist_ray.store import Store, StoreError
+
+    try:
+        spec = find_run(Store(store), run)["model"]
+        if usermodel.is_user(spec) and usermodel.parse(spec)[0] == "package":
+            return usermodel.job_files(spec, Path())[1]
+    except (StoreError, usermodel.ModelError):
+        pass
+    return {}
+
+
 # ---- submit, follow, report -------------------------------------------------------------------
 
 
-def submit(address: str, entry: str, kind: str, nonce: str | None = None) -> tuple[object, str]:
+def submit(
+    address: str, entry: str, kind: str, nonce: str | None = None, shipped: dict | None = None
+) -> tuple[object, str]:
+    """Submit the entrypoint; `shipped`: more of the job's runtime_env (a user's model)."""
     c = client(address)
     # the job frames its result lines with the nonce, so they come back apart from its log
-    runtime_env = {"env_vars": {NONCE_VAR: nonce}} if nonce else None
+    runtime_env = ({"env_vars": {NONCE_VAR: nonce}} if nonce else {}) | (shipped or {})
     job_id = _call(
         address,
         "submitting the job",
         lambda: c.submit_job(
             entrypoint=entry,
             metadata={"app": "mnist-ray", "command": kind},
-            runtime_env=runtime_env,
+            runtime_env=runtime_env or None,
         ),
     )
     return c, job_id
@@ -229,10 +262,18 @@ def submit_cli(
 ) -> int:
     """What `--address http://...` does for `submit train` and `evaluate`; the exit code."""
     check_shared_store(store)
-    entry = entrypoint(argv, store)
     kind = " ".join(a for a in argv[:2] if not a.startswith("-"))
     nonce = new_nonce()
-    c, job_id = submit(address, entry, kind, nonce)
+    with tempfile.TemporaryDirectory(prefix="mnist-ray-job-") as folder:
+        argv, shipped = list(argv), {}  # a user's model, which submit uploads with the job
+        if "--model" in argv[:-1]:
+            at = argv.index("--model") + 1
+            argv[at], shipped = ship_model(argv[at], Path(folder))
+        elif argv[:1] == ["evaluate"]:
+            run = argv[argv.index("--run") + 1] if "--run" in argv[:-1] else None
+            shipped = evaluated_package(store, run)
+        entry = entrypoint(argv, store)
+        c, job_id = submit(address, entry, kind, nonce, shipped)
     log(f"Submitted job {job_id} to {address}: {entry}")
     if not wait:  # the job id is the result; with --json, as one JSON document
         print(json.dumps({"job_id": job_id, "address": address}) if "--json" in argv else job_id)

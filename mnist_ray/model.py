@@ -8,6 +8,7 @@
     parameter_count("cnn")        # 50186
     catalogue()                   # one dict per model: what `mnist-ray models` prints
     with_weights("cnn", weights)  # a module holding stored weights, in eval mode
+    get_model("nets/net.py:Net")  # a user's model (usermodel.py): the same three work
 
 The programs are the course's (deeplearningzerotoall/PyTorch, folder CNN/). Each builds
 its layers one after another from the seeded global RNG, so every class below builds
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mnist_ray import usermodel
 from mnist_ray.config import IN_FEATURES, MODEL_DEFAULTS, NUM_CLASSES
 
 IMAGE_SHAPE = (1, 28, 28)  # what every model takes per image: one channel, 28x28, 0..1
@@ -173,12 +175,19 @@ def spec(name: str) -> Spec:
 
 def get_model(name: str = "softmax") -> nn.Module:
     """A new module with initial weights drawn from the global RNG, on the CPU, as the
-    lab draws them (seed first: `torch.manual_seed`)."""
+    lab draws them (seed first: `torch.manual_seed`). `name` may be a user's
+    FILE.py:NAME or package.module:NAME (usermodel.py)."""
+    if usermodel.is_user(name):
+        return usermodel.build(name)
     return spec(name).build()
 
 
 def _shell(name: str) -> nn.Module:
-    """The module's structure without weights (on the meta device: no RNG draw, no memory)."""
+    """The module's structure without weights (on the meta device: no RNG draw, no memory).
+    A user's model is built on the CPU instead (its code may not run on meta tensors),
+    the global RNGs left as they were."""
+    if usermodel.is_user(name):
+        return usermodel.shell(name)
     with torch.device("meta"):
         return spec(name).build()
 
@@ -209,7 +218,10 @@ def with_weights(model: str | nn.Module, weights: dict[str, np.ndarray]) -> nn.M
     with warnings.catch_warnings():  # read-only arrays from Ray's object store: only read
         warnings.filterwarnings("ignore", "The given NumPy array is not writable")
         state = {k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()}
-    if isinstance(model, str):
+    if isinstance(model, str) and usermodel.is_user(model):
+        module = _shell(model)
+        module.load_state_dict(state)  # every name and shape checked; copied
+    elif isinstance(model, str):
         module = _shell(model)
         module.load_state_dict(state, assign=True)
     else:

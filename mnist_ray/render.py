@@ -54,7 +54,7 @@ def leaderboard(summary: dict) -> list:
     evaluated = any(t["accuracy"] is not None for t in trials)
     rows = []
     for rank, t in enumerate(trials, 1):
-        cells = [str(rank), t["run_id"], *(f"{t[n]:g}" for n in varying)]
+        cells = [str(rank), t["run_id"], *(cell(n, t[n]) for n in varying)]  # model: a name
         cells += [
             f"{t['final_cost']:.9f}" if t["final_cost"] is not None else "-",
             f"{t['train_seconds']:.2f}" if t["train_seconds"] is not None else "-",

@@ -5,9 +5,11 @@
     html = build(store, ["run-2026", "run-2027"], eval_id=None)
 
 The page holds: the runs compared (a table), their loss curves, accuracy against each
-parameter that differs, and for one evaluation (the latest of the chosen runs unless
-named) its confusion matrix, per-class accuracy, the random sample with its
-probabilities, and the first misclassified test images. Pictures are matplotlib PNGs in
+parameter that differs, the best accuracy of each model when the runs differ in model,
+and for one evaluation (the latest of the chosen runs unless named) its confusion
+matrix, per-class accuracy, the random sample with its probabilities, and the first
+misclassified test images. A run that is not finished (running, interrupted, failed) is
+listed with its status and nothing else: no cost in the table, no curve, no accuracy. Pictures are matplotlib PNGs in
 data: URIs; there is no script, font, stylesheet or image from anywhere else, so the file
 opens the same offline, from a mail attachment, or from an object store.
 """
@@ -90,12 +92,33 @@ img { max-width: 100%; display: block; margin: 0.5em 0; } .note { color: #666; }
 """
 
 
+def finished(run: dict) -> bool:
+    """Null is finished: every run was stored finished before runs had a status."""
+    return run.get("status") in (None, "finished")
+
+
+def status(run: dict) -> str:
+    """`interrupted at epoch 3: cause` (the epoch of its newest checkpoint, if known)."""
+    text = run.get("status") or "finished"
+    if not finished(run) and run.get("checkpoint_epoch"):
+        text += f" at epoch {run['checkpoint_epoch']}"
+    return text + (f": {run['failure']}" if run.get("failure") else "")
+
+
 def _page(store: Store, runs: list[dict], evaluation: dict | None) -> str:
     differ, same = differing(runs, PARAMS) if len(runs) > 1 else ([], {})
     columns = ["run_id", "created_at", *differ, "last_cost", "best_cost", "accuracy", "device"]
+    done = [r for r in runs if finished(r)]
+    unfinished = [r for r in runs if not finished(r)]
     table_rows = [
-        r | {"last_cost": (r["epoch_costs"] or [None])[-1], "best_cost": _best(r)} for r in runs
+        r | {"last_cost": (r["epoch_costs"] or [None])[-1], "best_cost": _best(r)}
+        if finished(r)
+        else r | {"accuracy": None}  # the costs of the epochs done so far are no outcome
+        for r in runs
     ]
+    table_rows = [r | {"status": status(r)} for r in table_rows]
+    if unfinished:
+        columns.append("status")
     parts = [
         f"<h1>mnist-ray report: {len(runs)} run(s)</h1>",
         f"<p class='note'>store {html.escape(store.location)}, made "
@@ -106,13 +129,32 @@ def _page(store: Store, runs: list[dict], evaluation: dict | None) -> str:
     if same:
         text = ", ".join(f"{k}={v}" for k, v in same.items())
         parts.append(f"<p class='note'>same in every run: {html.escape(text)}</p>")
-    parts += ["<h2>Loss curves</h2>", _img(loss_curves(runs), "training cost per epoch")]
+    parts.append("<h2>Loss curves</h2>")
+    if unfinished:
+        text = "; ".join(f"{r['run_id']} ({status(r)})" for r in unfinished)
+        parts.append(f"<p class='note'>Not finished, so not drawn: {html.escape(text)}</p>")
+    if any(r["epoch_costs"] for r in done):
+        parts.append(_img(loss_curves(done), "training cost per epoch"))
+    else:
+        parts.append("<p class='note'>No finished run to draw.</p>")
     parts.append("<h2>Accuracy against each parameter that differs</h2>")
-    scored = [r for r in runs if r["accuracy"] is not None]
+    scored = [r for r in done if r["accuracy"] is not None]
     if differ and scored:
         parts.append(_img(accuracy_by_param(scored, differ), "accuracy against parameters"))
     else:
         parts.append("<p class='note'>No parameter differs among evaluated runs.</p>")
+    if len({r["model"] for r in runs}) > 1:
+        parts.append("<h2>Accuracy by model</h2>")
+        if scored:
+            parts.append(_img(accuracy_by_model(runs), "accuracy by model"))
+            counts = {m: sum(r["model"] == m for r in runs) for m in best_by_model(runs)}
+            rows = [
+                {"model": m, "best_accuracy": a, "runs": counts[m]}
+                for m, a in best_by_model(runs).items()
+            ]
+            parts.append(_table(["model", "best_accuracy", "runs"], rows))
+        else:
+            parts.append("<p class='note'>No run evaluated yet: no accuracy to compare.</p>")
     if evaluation is None:
         parts.append("<p class='note'>No evaluation yet: run <code>mnist-ray evaluate</code>.</p>")
     else:
@@ -219,6 +261,41 @@ def accuracy_by_param(runs: list[dict], params: list[str]) -> bytes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return _png(fig)
+
+
+def accuracy_by_model(runs: list[dict]) -> bytes:
+    """A bar per model: the best of its runs' latest evaluations (a model none of whose
+    runs is evaluated, or finished, gets no bar, and says so)."""
+    plt = _plt()
+    best = best_by_model(runs)
+    models = list(best)
+    fig, ax = plt.subplots(layout="constrained", figsize=(max(6.5, 1.2 * len(models) + 3), 3.8))
+    heights = [best[m] or 0.0 for m in models]
+    bars = ax.bar(
+        range(len(models)), heights, color="tab:blue", label="its best run\n(latest evaluation)"
+    )
+    for bar, m in zip(bars, models, strict=True):
+        text = f"{best[m]:.4f}" if best[m] is not None else "not evaluated"
+        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.01, text,
+                ha="center", va="bottom", fontsize=8)  # fmt: skip
+    ax.set_xticks(range(len(models)), models, rotation=30 if len(models) > 4 else 0)
+    ax.set_ylim(0, 1.1)
+    ax.set_title("Best test accuracy per model")
+    ax.set_xlabel(UNITS["model"])
+    ax.set_ylabel("test accuracy (fraction)")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)  # clear of the bars
+    return _png(fig)
+
+
+def best_by_model(runs: list[dict]) -> dict[str, float | None]:
+    """Each model (in the order its runs came) -> the best latest-evaluation accuracy of
+    its finished runs; None where none of them is evaluated."""
+    best: dict[str, float | None] = dict.fromkeys(r["model"] for r in runs)
+    for r in runs:
+        if finished(r) and r["accuracy"] is not None:
+            best[r["model"]] = max(r["accuracy"], best[r["model"]] or 0.0)
+    return best
 
 
 UNITS = {

@@ -70,6 +70,13 @@ def evaluable(store: Store, wanted: str | None) -> dict:
 def settings(run: dict, gpus: Gpus, cpus: int, checkpoint_every: float):
     """(TrainConfig, gpus, cpus, checkpoint_every) of the run; a setting its row lacks (a
     run stored before it was recorded) is the command line's."""
+    if run.get("model_source") is not None:  # a user's model file: its text, not the file
+        from mnist_ray.usermodel import ModelError, restore
+
+        try:
+            restore(run["model"], run["model_source"])
+        except ModelError as exc:
+            fail(f"--resume {run['run_id']}: {exc.line()}")
     cfg = TrainConfig(**{f.name: run[f.name] for f in dataclasses.fields(TrainConfig)})
     gpus = Gpus(run["gpus"]) if run.get("gpus") else gpus
     cpus = run.get("cpus") or run.get("threads") or cpus

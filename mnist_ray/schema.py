@@ -41,9 +41,12 @@ RUNS = pa.schema(
         ("peak_rss_mib", pa.float64()),  # the training task's process, at its peak
         ("gpu_peak_mib", pa.float64()),  # torch's peak allocation on the GPU; null on a CPU
         ("sweep_id", pa.string()),  # the sweep this run was a trial of; null for a single run
-        ("model", pa.string()),  # a name in model.py's registry: softmax, mlp, cnn, ...
+        ("model", pa.string()),  # softmax, mlp, cnn, ... or a user's net.py:Net, pkg.mod:make
         ("optimizer", pa.string()),  # sgd or adam
         ("threads", pa.int32()),  # torch's threads in the training task; null on a GPU
+        # A user's model file (--model FILE.py:NAME), its text, to build it again later;
+        # null for a built-in model and for package.module:NAME.
+        ("model_source", pa.string()),
         # The run's state: a row is written when training starts (running) and replaced
         # as it ends (finished, interrupted, failed); readers keep the newest per run_id.
         ("updated_at", pa.timestamp("us", tz="UTC")),
@@ -113,7 +116,7 @@ KEYS = {"runs": "run_id", "evaluations": "eval_id", "sweeps": "sweep_id"}  # one
 # the only columns a row may leave out (it is then null there too).
 OPTIONAL = {"peak_rss_mib", "gpu_peak_mib", "shard_peak_rss_mib", "sweep_id"}
 OPTIONAL |= {f"misclassified_{c}" for c in ("index", "label", "prediction", "pixels")}
-OPTIONAL |= {"model", "optimizer", "threads"}
+OPTIONAL |= {"model", "optimizer", "threads", "model_source"}
 OPTIONAL |= {"updated_at", "status", "failure", "cpus", "gpus", "checkpoint_every"}
 # Names optional in one table and required in another: a sweep row always has its status.
 REQUIRED = {"sweeps": {"updated_at", "status"}}

@@ -1,28 +1,28 @@
 """Sweeps: many trainings as one Ray Tune experiment, each trial an ordinary run in the store.
 
     from mnist_ray.sweep import definition, run_sweep
-    spec = definition(lr="0.01,0.1", seed="777,1", epochs=2)   # a 2 x 2 grid
+    spec = definition(model="softmax,mlp", lr="0.01,0.1", epochs=2)   # a 2 x 2 grid
     summary = run_sweep(spec, Store("mnist-ray-store"), address=None)
-    summary["trials"][0]                                       # the best trial first
+    summary["trials"][0]                                                # the best trial first
+    run_sweep(spec, store, None, resume="sweep-...")   # the trials with no run yet
 
-What to try is decided here, before Tune sees it: comma lists make a grid, ranges
-(`0.001..1`, log-uniform for the learning rate) are drawn from `--search-seed` with
-numpy, and the resulting trial list is handed to Tune as one `grid_search`. So the same
-command always makes the same trials, and the sweep row can hold the full list, which
-is what `--resume` needs: it runs exactly the trials that have no run row yet.
+sweepplan.py decides what to try (its names are importable from here too); this module
+hands the planned trials to Tune as one `grid_search` and runs them.
 
-Every trial runs the training function `submit train` runs (`training_stream`), so its
-costs equal a single run's, bit for bit on the CPU. A trial reports each epoch to Tune
-(ASHA stops bad ones with `--early-stop`), then writes its weights and run row itself,
-before its last report, so that a trial the scheduler stops at its end still lands.
-Tune retries a trial whose worker died (FailureConfig) and the retry resumes from the
-run's checkpoint in the store; an exception in the training is not retried: the trial
-reports it once and ends, and the others go on.
+Every trial runs the training function `submit train` runs (`training_stream`, with
+`int(--cpus-per-trial)` torch threads, at least one), so its costs equal a single run's,
+bit for bit on the CPU. A trial reports each epoch to Tune (ASHA stops bad ones with
+`--early-stop`), then writes its weights and run row itself, before its last report, so
+that a trial the scheduler stops at its end still lands. Tune retries a trial whose
+worker died (FailureConfig) and the retry resumes from the run's checkpoint in the
+store; an exception in the training is not retried: the trial reports it once and ends,
+and the others go on. Ctrl-C leaves the unfinished trials' checkpoints in the store:
+`--resume` runs those trials again under the same run ids, and each goes on from its
+newest checkpoint.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
@@ -31,139 +31,31 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 
-import numpy as np
 import pyarrow.fs as pafs
 
 from mnist_ray import checkpoints, data
-from mnist_ray.config import (
-    CHECKPOINT_EVERY,
-    RETRIES,
-    ConfigError,
-    EvalConfig,
-    TrainConfig,
-    check_id,
-    first_line,
-)
+from mnist_ray.config import CHECKPOINT_EVERY, RETRIES, TrainConfig, first_line
 from mnist_ray.errors import ClusterError
 from mnist_ray.output import say
 from mnist_ray.query import read_rows
-from mnist_ray.store import Store, StoreError, new_id, now
+from mnist_ray.store import Store, StoreError, new_id
+from mnist_ray.sweepplan import (  # noqa: F401 - the planning names, importable from here too
+    AXES,
+    MAX_TRIALS,
+    PARAMS,
+    definition,
+    leaderboard,
+    load_sweep,
+    new_sweep,
+    parse_names,
+    parse_values,
+    plan,
+    planned,
+    sweep_runs,
+    write_sweep,
+)
 
-PARAMS = ("lr", "batch_size", "seed")  # what a sweep varies; epochs and dataset are one value
-MAX_TRIALS = 10_000  # a typo like --seed 1..100000 with --samples must not plan forever
 DEFAULT_GPU_SHARE = 0.25  # --gpus-per-trial when the cluster has a GPU: four trials per GPU
-
-
-# ---- what to try: parsing and planning (no Ray) -------------------------------------------------
-
-
-def parse_values(name: str, text: str) -> list | dict:
-    """`0.01,0.1` -> [0.01, 0.1] (a grid axis); `0.001..1` -> {"range": [0.001, 1.0]}."""
-    number = float if name == "lr" else int
-
-    def one(word: str):
-        try:
-            value = number(word.strip())
-        except ValueError:
-            kind = "a number" if number is float else "a whole number"
-            raise ConfigError(name, f"{word.strip()!r} is not {kind}") from None
-        TrainConfig(**{name: value}).validate()  # the single-run limits, same messages
-        return value
-
-    if ".." in text:
-        low, _, high = text.partition("..")
-        low, high = one(low), one(high)
-        if not low < high:
-            raise ConfigError(name, f"range {text}: the low end must be below the high end")
-        return {"range": [low, high]}
-    values = [one(w) for w in text.split(",")]
-    if len(set(values)) != len(values):
-        raise ConfigError(name, f"{text}: a value is given twice")
-    return values
-
-
-def definition(
-    lr: str = str(TrainConfig().lr),  # a single run's defaults: one trial is the tutorial's run
-    batch_size: str = str(TrainConfig.batch_size),
-    seed: str = str(TrainConfig.seed),
-    epochs: int = TrainConfig.epochs,
-    dataset: str = TrainConfig.dataset,
-    samples: int = 1,
-    search_seed: int = 0,
-    early_stop: bool = False,
-    gpus_per_trial: float | None = None,
-    cpus_per_trial: float = 1.0,
-    evaluate: bool = False,
-    shards: int = EvalConfig.shards,
-    checkpoint_every: float = CHECKPOINT_EVERY,
-) -> dict:
-    """What the user asked for, checked, as a JSON-able dict (kept in the sweep row)."""
-    TrainConfig(dataset=dataset, epochs=epochs).validate()
-    EvalConfig(shards).validate()
-    if not 1 <= samples <= MAX_TRIALS:
-        raise ConfigError("samples", f"{samples} is not in 1..{MAX_TRIALS}")
-    if gpus_per_trial is not None and not (
-        0 <= gpus_per_trial <= 1 or float(gpus_per_trial).is_integer()
-    ):
-        raise ConfigError(
-            "gpus_per_trial", f"{gpus_per_trial:g}: a share of one GPU (0..1) or whole GPUs"
-        )
-    if cpus_per_trial < 0 or (cpus_per_trial == 0 and not gpus_per_trial):
-        raise ConfigError("cpus_per_trial", f"{cpus_per_trial}: a trial needs a CPU or a GPU")
-    spec = {
-        **{n: parse_values(n, v) for n, v in zip(PARAMS, (lr, batch_size, seed), strict=True)},
-        "epochs": epochs,
-        "dataset": dataset,
-        "samples": samples,
-        "search_seed": search_seed,
-        "early_stop": early_stop,
-        "gpus_per_trial": gpus_per_trial,
-        "cpus_per_trial": cpus_per_trial,
-        "evaluate": evaluate,
-        "shards": shards,
-        "checkpoint_every": checkpoint_every,
-    }
-    count = samples * math.prod(len(v) for n in PARAMS if isinstance(v := spec[n], list))
-    if count > MAX_TRIALS:
-        raise ConfigError("samples", f"the sweep would have {count} trials, over {MAX_TRIALS}")
-    return spec
-
-
-def plan(spec: dict, sweep_id: str) -> list[tuple[str, TrainConfig]]:
-    """The trials, in order, as (run_id, config): every grid point `samples` times, each
-    range drawn anew per trial from one generator seeded by search_seed (reproducible)."""
-    rng = np.random.default_rng(spec["search_seed"])
-    axes = [spec[n] if isinstance(spec[n], list) else [None] for n in PARAMS]
-    trials = []
-    for _ in range(spec["samples"]):
-        for point in itertools.product(*axes):
-            values = dict(zip(PARAMS, point, strict=True))
-            for name in PARAMS:
-                if values[name] is None:
-                    values[name] = _draw(rng, name, *spec[name]["range"])
-            cfg = TrainConfig(dataset=spec["dataset"], epochs=spec["epochs"], **values)
-            trials.append((f"run-{sweep_id.removeprefix('sweep-')}-t{len(trials):03d}", cfg))
-    return trials
-
-
-def _draw(rng: np.random.Generator, name: str, low, high):
-    if name == "lr":  # learning rates span decades: uniform in log space
-        return float(np.exp(rng.uniform(np.log(low), np.log(high))))
-    return int(rng.integers(low, high, endpoint=True))
-
-
-def new_sweep(spec: dict) -> dict:
-    """A sweep as its row starts: its id and its trials, planned (what --resume reads back)."""
-    sweep_id = new_id("sweep")
-    trials = plan(spec, sweep_id)
-    return {
-        "sweep_id": sweep_id,
-        "created_at": now(),
-        "definition": json.dumps(spec),
-        "trial_ids": [run_id for run_id, _ in trials],
-        "trial_params": [json.dumps(cfg.to_dict()) for _, cfg in trials],
-        "stopped": [],
-    }
 
 
 # ---- one trial, inside a Tune trial actor -------------------------------------------------------
@@ -182,7 +74,7 @@ def trial(config: dict, images, labels) -> None:
     store = Store(config["store"])  # attempts counted there: Ray counts no Tune restart
     row = dict(sweep_id=config["sweep_id"], attempts=checkpoints.count_attempt(store, run_id))
     args = (images, labels, store.location, run_id, config["use_gpu"], config["checkpoint_every"])
-    stream = training_stream(cfg.to_dict(), *args)
+    stream = training_stream(cfg.to_dict(), *args, threads=config["threads"])
     pending = None
     try:
         for event in stream:
@@ -219,15 +111,16 @@ def run_sweep(
     store.check_writable()
     # A trial the scheduler stopped stays stopped; a failed or interrupted one runs again.
     done = {r["run_id"] for r in sweep_runs(store, sweep_id)} | set(sweep["stopped"])
-    trials = zip(sweep["trial_ids"], sweep["trial_params"], strict=True)
-    todo = [(run_id, TrainConfig(**json.loads(p))) for run_id, p in trials if run_id not in done]
+    todo = [(run_id, cfg) for run_id, cfg in planned(sweep) if run_id not in done]
     images, labels = data.load(spec["dataset"], "train", data_dir)
     total = len(sweep["trial_ids"])
     if resume is not None:
         log(f"Resuming sweep {sweep_id}: {len(todo)} of {total} trials have no run yet.")
+        for run_id, cfg in todo:
+            _say_resumed(store, run_id, cfg, log)
     else:
         log(f"Sweep {sweep_id}: {total} trial(s) of {spec['epochs']} epoch(s).")
-    _write_sweep(store, sweep, "running", 0.0)
+    write_sweep(store, sweep, "running", 0.0)
     from mnist_ray.session import connect
 
     started = time.perf_counter()
@@ -238,11 +131,24 @@ def run_sweep(
                 _evaluate(store, sweep_id, spec, data_dir, log)
     except BaseException as exc:  # the row says how it ended; trials that finished keep runs
         how = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        _write_sweep(store, sweep, how, time.perf_counter() - started)
+        write_sweep(store, sweep, how, time.perf_counter() - started)
+        if how == "interrupted":  # the unfinished trials' checkpoints stay for this
+            log(f"To go on: mnist-ray sweep --resume {sweep_id} --store {store.location}")
         raise
     seconds = time.perf_counter() - started
-    row, runs = _write_sweep(store, sweep, "finished", seconds, failed, stopped)
+    row, runs = write_sweep(store, sweep, "finished", seconds, failed, stopped)
     return {**row, **leaderboard(store, row, runs)}
+
+
+def _say_resumed(store: Store, run_id: str, cfg: TrainConfig, log) -> None:
+    """A line for a trial that will go on from its checkpoint (training_stream finds it)."""
+    try:
+        ckpt = checkpoints.latest(store, run_id, shapes=None)  # the trial checks the shapes
+    except StoreError as exc:  # the trial will fail on it and say so; nothing to add here
+        log(f"Trial {run_id}: {exc}")
+        return
+    if ckpt is not None:
+        log(f"Trial {run_id} resumes from its checkpoint: epoch {ckpt.epoch} of {cfg.epochs}.")
 
 
 def gpu_share(spec: dict, log: Callable[[str], None]) -> float:
@@ -292,6 +198,9 @@ def _tune(spec, store, sweep_id, todo, images, labels, log) -> tuple[list[str], 
         "store": store.location if "://" in store.location else store.root,
         "use_gpu": gpus > 0,
         "checkpoint_every": spec.get("checkpoint_every", CHECKPOINT_EVERY),
+        # torch's threads: the trial's whole CPUs, as `submit train --cpus` (the run row
+        # records it; the CPU costs depend on it)
+        "threads": max(1, int(spec["cpus_per_trial"])),
     }
     scheduler = None
     if spec["early_stop"]:  # stop trials whose cost trails the others' at the same epoch
@@ -370,7 +279,7 @@ def _progress(total: int):
 
 def _evaluate(store: Store, sweep_id: str, spec: dict, data_dir, log) -> None:
     """Every trial run without an evaluation, on the sharded evaluator; one row each."""
-    from mnist_ray.cluster import evaluate_and_store
+    from mnist_ray.cluster import evaluate_and_store, read_weights
 
     evaluated = {e["run_id"] for e in read_rows(store, "evaluations")[0]}
     runs = [r for r in sweep_runs(store, sweep_id) if r["run_id"] not in evaluated]
@@ -378,72 +287,6 @@ def _evaluate(store: Store, sweep_id: str, spec: dict, data_dir, log) -> None:
         return
     images, labels = data.load(spec["dataset"], "test", data_dir)
     for run in runs:  # on the connected Ray: evaluate_and_store's connect() reuses it
-        weights = store.read_weights(run)
+        weights = read_weights(store, run)  # checked against the run's model's shapes
         row = evaluate_and_store(run, weights, images, labels, store, None, spec["shards"], log)
         log(f"Evaluated {run['run_id']}: accuracy {row['accuracy']:.4f}")
-
-
-# ---- the sweep row and the leaderboard ----------------------------------------------------------
-
-
-def sweep_runs(store: Store, sweep_id: str) -> list[dict]:
-    return [r for r in read_rows(store, "runs")[0] if r.get("sweep_id") == sweep_id]
-
-
-def load_sweep(store: Store, sweep_id: str) -> dict:
-    check_id(sweep_id, "resume")
-    rows = [r for r in read_rows(store, "sweeps")[0] if r["sweep_id"] == sweep_id]
-    if not rows:
-        raise StoreError(f"no such sweep in {store.location}", about="resume", value=sweep_id)
-    return rows[0]
-
-
-def _write_sweep(store, sweep, status, seconds, failed=(), stopped=()) -> tuple[dict, dict]:
-    """Write the sweep row as it stands (rewritten in place), `stopped` added to the trials
-    stopped before; returns it and the sweep's runs by id, for the leaderboard."""
-    runs = {r["run_id"]: r for r in sweep_runs(store, sweep["sweep_id"])}
-    finished = [t for t in sweep["trial_ids"] if t in runs]
-    best = min(finished, key=lambda t: runs[t]["epoch_costs"][-1], default=None)
-    row = {
-        **sweep,
-        "updated_at": now(),
-        "status": status,
-        "finished": finished,
-        "stopped": [*sweep["stopped"], *stopped],
-        "failed": list(failed),
-        "best_run_id": best,
-        "best_cost": runs[best]["epoch_costs"][-1] if best else None,
-        "wall_seconds": seconds,
-    }
-    store.write_row("sweeps", row)
-    return row, runs
-
-
-def leaderboard(store: Store, sweep: dict, runs: dict[str, dict]) -> dict:
-    """Trials best first (finished by final cost, then stopped, failed, missing) and the
-    parameters that vary across them."""
-    params = [json.loads(p) for p in sweep["trial_params"]]
-    varying = [n for n in PARAMS if len({p[n] for p in params}) > 1]
-    accuracy = {e["run_id"]: e["accuracy"] for e in read_rows(store, "evaluations")[0]}
-    failed = dict(f.split(": ", 1) for f in sweep["failed"])
-    status = dict.fromkeys(sweep["trial_ids"], "missing")  # each later one wins
-    status |= dict.fromkeys(sweep["stopped"], "stopped")
-    status |= dict.fromkeys(failed, "failed") | dict.fromkeys(runs, "finished")
-    rows = []
-    for run_id, p in zip(sweep["trial_ids"], params, strict=True):
-        run = runs.get(run_id, {})
-        rows.append(
-            {
-                "run_id": run_id,
-                **{n: p[n] for n in PARAMS},
-                "status": status[run_id],
-                "final_cost": run["epoch_costs"][-1] if run else None,
-                "train_seconds": run.get("train_seconds"),
-                "peak_rss_mib": run.get("peak_rss_mib"),
-                "accuracy": accuracy.get(run_id),
-                "error": failed.get(run_id),
-            }
-        )
-    order = ("finished", "stopped", "failed", "missing")
-    rows.sort(key=lambda r: (order.index(r["status"]), r["final_cost"] or 0.0))
-    return {"varying": varying, "trials": rows}

@@ -180,11 +180,25 @@ CsvOpt = Annotated[bool, typer.Option("--csv", help="Print CSV (a header line, t
 ModelName = StrEnum("ModelName", {n: n for n in MODEL_DEFAULTS})
 Optimizer = StrEnum("Optimizer", {n: n for n in OPTIMIZERS})
 TUTORIAL_MODEL = ModelName(DEFAULT_MODEL)
+
+
+def model_spec(value: str) -> str:
+    """A built-in name, or a user's FILE.py:NAME / package.module:NAME (TrainConfig.validate
+    loads and checks that one); any other word is refused as a choice is."""
+    value = str(getattr(value, "value", value))
+    if value in MODEL_DEFAULTS or ":" in value:
+        return value
+    names = ", ".join(repr(n) for n in MODEL_DEFAULTS)
+    raise typer.BadParameter(f"{value!r} is not one of {names}, nor FILE.py:NAME")
+
+
 ModelOpt = Annotated[
-    ModelName,
+    str,
     typer.Option(
-        callback=lambda value: value.value,
-        help="Which model (`mnist-ray models` lists them).",
+        callback=model_spec,
+        metavar="NAME|FILE.py:NAME|MODULE:NAME",
+        help="Which model: a name (`mnist-ray models` lists them), or your own nn.Module "
+        "as FILE.py:NAME or package.module:NAME (docs/models.md).",
     ),
 ]
 OptimizerOpt = Annotated[

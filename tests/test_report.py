@@ -18,7 +18,9 @@ import pytest
 from conftest import eval_row, run_row
 from typer.testing import CliRunner
 
+from mnist_ray import report
 from mnist_ray.cli import app
+from mnist_ray.schema import RUNS
 from mnist_ray.store import Store
 
 runner = CliRunner()
@@ -91,6 +93,95 @@ def test_report_of_chosen_runs_and_its_failures(tmp_path):
     assert bad_out.exit_code == 1 and str(nowhere) in bad_out.stderr
     empty = invoke("report", "--store", str(tmp_path / "empty"), "--out", str(page))
     assert empty.exit_code == 1 and "no runs yet" in empty.stderr
+
+
+def fill_models(store: Store) -> list[dict]:
+    """Runs of three models; the cnn's is not evaluated, the mlp's best is its second."""
+    runs = []
+    for k, (model, acc) in enumerate(
+        (("softmax", 0.9226), ("mlp", 0.9712), ("mlp", 0.9803), ("cnn", None))
+    ):
+        row = run_row(f"run-model-{k}", "w", "s", model=model) | {"epoch_costs": [0.6, 0.3]}
+        store.write_row("runs", row)
+        if acc is not None:
+            store.write_row("evaluations", eval_row(row["run_id"], accuracy=acc))
+        runs.append(row)
+    return runs
+
+
+def test_report_draws_accuracy_by_model_when_the_runs_differ_in_model(tmp_path):
+    fill_models(Store(tmp_path / "s"))
+    page = tmp_path / "models.html"
+    got = invoke("report", "--store", str(tmp_path / "s"), "--out", str(page))
+    assert got.exit_code == 0, got.output
+    text = page.read_text()
+    assert "<h2>Accuracy by model</h2>" in text and "alt='accuracy by model'" in text
+    # the bars' numbers, also as a table: each model's best, the cnn not evaluated
+    table = text[text.index("<h2>Accuracy by model</h2>") :]
+    for cells in ("<td>softmax</td><td>0.9226</td><td>1</td>", "<td>mlp</td><td>0.9803</td>",
+                  "<td>cnn</td><td>-</td><td>1</td>"):  # fmt: skip
+        assert cells in table, cells
+    # runs of one model only: no such chart
+    one = tmp_path / "one.html"
+    invoke(
+        "report", "run-model-1", "run-model-2", "--store", str(tmp_path / "s"), "--out", str(one)
+    )
+    assert "accuracy by model" not in one.read_text().lower()
+
+
+def test_best_by_model_takes_each_models_best_finished_evaluated_run():
+    runs = [
+        {"model": "mlp", "accuracy": 0.95},
+        {"model": "softmax", "accuracy": None},
+        {"model": "mlp", "accuracy": 0.97},
+        {"model": "cnn", "accuracy": 0.99, "status": "interrupted"},  # not a finished run
+        {"model": "mlp", "accuracy": 0.96, "status": "finished"},
+    ]
+    assert report.best_by_model(runs) == {"mlp": 0.97, "softmax": None, "cnn": None}
+
+
+needs_status = pytest.mark.skipif(
+    "status" not in RUNS.names, reason="the runs table has no status column in this version"
+)
+
+
+@needs_status
+def test_unfinished_runs_are_listed_with_their_status_and_never_drawn(tmp_path):
+    store = Store(tmp_path / "s")
+    fill(store)  # three finished, evaluated runs
+    outcome = dict.fromkeys(("weights_uri", "weights_sha256", "train_seconds", "device"))
+    unfinished = {
+        # the epochs done before the interruption: no final cost for all that
+        "run-report-stopped": {"status": "interrupted", "epoch_costs": [0.777777777, 0.555555555]},
+        "run-report-failed": {"status": "failed", "epoch_costs": [], "failure": "out of memory"},
+    }
+    for run_id, columns in unfinished.items():
+        store.write_row("runs", run_row(run_id, "w", "s", lr=0.2) | outcome | columns)
+    page = tmp_path / "report.html"
+    got = invoke("report", "--store", str(tmp_path / "s"), "--out", str(page))
+    assert got.exit_code == 0, got.output
+    text = page.read_text()
+    assert "<th>status</th>" in text
+    note = text[text.index("Not finished, so not drawn: ") :].split("</p>")[0]
+    assert "run-report-stopped (interrupted" in note
+    assert "run-report-failed (failed: out of memory)" in note
+    assert "0.555555555" not in text and "0.777777777" not in text  # no cost of theirs shown
+    row = text[text.index("<td>run-report-stopped</td>") :].split("</tr>")[0]
+    assert "<td>interrupted" in row
+    assert text.count("<img ") == 6  # the same pictures as the three finished runs make
+
+
+@needs_status
+def test_a_report_of_only_unfinished_runs_says_there_is_nothing_to_draw(tmp_path):
+    store = Store(tmp_path / "s")
+    row = run_row("run-report-failed", "w", "s") | {"status": "failed", "epoch_costs": []}
+    store.write_row("runs", row | dict.fromkeys(("weights_uri", "weights_sha256")))
+    page = tmp_path / "report.html"
+    got = invoke("report", "--store", str(tmp_path / "s"), "--out", str(page))
+    assert got.exit_code == 0, got.output
+    text = page.read_text()
+    assert "No finished run to draw." in text and "run-report-failed (failed)" in text
+    assert "<img " not in text
 
 
 # ---- the browser ---------------------------------------------------------------------------------
@@ -170,6 +261,16 @@ def test_the_report_in_a_real_browser(browser, tmp_path):
     widths = browser.execute_script("return Array.from(document.images).map(i => i.naturalWidth)")
     assert len(widths) == 6 and min(widths) > 100
     assert screenshot_is_not_blank(browser)
+
+
+def test_the_model_report_in_a_real_browser(browser, tmp_path):
+    fill_models(Store(tmp_path / "s"))
+    page = tmp_path / "report.html"
+    assert invoke("report", "--store", str(tmp_path / "s"), "--out", str(page)).exit_code == 0
+    assert page_problems(browser, page) == []
+    alts = browser.execute_script("return Array.from(document.images).map(i => i.alt)")
+    assert "accuracy by model" in alts
+    assert "0.9803" in browser.execute_script("return document.body.innerText")
 
 
 def test_the_browser_check_catches_a_broken_page(browser, tmp_path):

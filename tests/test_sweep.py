@@ -26,7 +26,7 @@ from ray.util.state import list_actors, list_placement_groups
 from test_faults import LOOPBACK_ONLY, MNIST_RAY, _wait, ctrl_c, loopback_cluster, running
 from typer.testing import CliRunner
 
-from mnist_ray import cli, data, sweep
+from mnist_ray import cli, data, model, render, sweep
 from mnist_ray.config import TrainConfig
 from mnist_ray.query import read_rows
 from mnist_ray.store import Store
@@ -55,13 +55,14 @@ class Local:
             and (a.state == state or (not state and a.state != "DEAD"))
         ]
 
-    def cli(self, *args: str) -> subprocess.Popen:
+    def cli(self, *args: str, **popen) -> subprocess.Popen:
         return subprocess.Popen(
             [*MNIST_RAY, "sweep", *args, "--address", self.address],
             env=os.environ | LOOPBACK_ONLY,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            **popen,
         )
 
 
@@ -112,6 +113,7 @@ def test_grid_lands_a_run_per_trial_and_a_sweep_row(local, train_split, tmp_path
     assert {r["sweep_id"] for r in runs} == {summary["sweep_id"]}
     assert {(r["lr"], r["seed"]) for r in runs} == {(0.1, 777), (0.1, 1), (0.5, 777), (0.5, 1)}
     assert all(len(r["epoch_costs"]) == 2 and r["attempts"] == 1 for r in runs)
+    assert {(r["model"], r["optimizer"], r["threads"]) for r in runs} == {("softmax", "sgd", 1)}
     (row,) = read_rows(store, "sweeps")[0]
     assert row["status"] == "finished" and sorted(row["finished"]) == sorted(row["trial_ids"])
     assert row["failed"] == [] and row["stopped"] == []
@@ -131,6 +133,29 @@ def test_grid_lands_a_run_per_trial_and_a_sweep_row(local, train_split, tmp_path
     weights = store.read_weights(classic)
     for name in ("weight", "bias"):
         assert weights[name].tobytes() == ref.weights[name].tobytes()
+
+
+@needs_mnist
+def test_a_sweep_over_models_trains_each_with_its_lab_defaults(local, tmp_path):
+    store = Store(tmp_path / "store")
+    result = invoke(
+        "--model", "softmax,mlp", "--epochs", "1", "--gpus-per-trial", "0",
+        "--cpus-per-trial", "2", "--store", store.location, "--json",
+    )  # fmt: skip
+    summary = json.loads(result.stdout)
+    runs = {r["model"]: r for r in read_rows(store, "runs")[0]}
+    assert sorted(runs) == ["mlp", "softmax"]
+    assert (runs["softmax"]["optimizer"], runs["softmax"]["lr"]) == ("sgd", 0.1)
+    assert (runs["mlp"]["optimizer"], runs["mlp"]["lr"]) == ("adam", 0.001)
+    assert all(len(r["epoch_costs"]) == 1 and r["threads"] == 2 for r in runs.values())
+    assert store.read_weights(runs["mlp"], model.weight_shapes("mlp"))  # the mlp's own weights
+    # --json carries each trial's model; the leaderboard shows it first of what varies
+    assert sorted(t["model"] for t in summary["trials"]) == ["mlp", "softmax"]
+    assert summary["varying"] == ["model", "optimizer", "lr"]
+    table, line = render.leaderboard(summary)
+    assert [c.header for c in table.columns][2:5] == ["model", "optimizer", "lr"]
+    assert sorted(list(table.columns[2].cells)) == ["mlp", "softmax"]
+    assert line.startswith("2/2 trials finished")
 
 
 @needs_mnist
@@ -200,6 +225,9 @@ def test_random_search_is_reproducible_from_the_search_seed():
         (["--batch-size", "0"], "0 is not in 1..60000"),
         (["--gpus-per-trial", "1.5"], "a share of one GPU"),
         (["--resume", "../x"], "not a valid id"),
+        (["--model", "softmax,nope"], "'--model': unknown model 'nope'"),
+        (["--model", "mlp,mlp"], "'--model': mlp,mlp: a value is given twice"),
+        (["--model", "softmax,mlp", "--optimizer", "sgd,rmsprop"], "unknown optimizer"),
     ],
 )
 def test_bad_sweep_options_are_one_clear_line(args, needle, tmp_path):
@@ -282,6 +310,47 @@ def test_resume_runs_only_the_missing_trials(local, tmp_path):
     assert again[lost]["created_at"] > runs[lost]["created_at"]
     (row,) = read_rows(store, "sweeps")[0]
     assert row["status"] == "finished" and len(row["finished"]) == 3
+
+
+@needs_mnist
+def test_an_interrupted_trial_resumes_from_its_checkpoint_to_the_same_weights(
+    local, train_split, tmp_path
+):
+    store = tmp_path / "store"
+    # Batches of 10 make epochs of seconds: Ctrl-C lands well before the last of 4 epochs.
+    epochs, batch = 4, 10
+    command = ("--epochs", str(epochs), "--batch-size", str(batch), "--gpus-per-trial", "0")
+    proc = local.cli(*command, "--checkpoint-every", "0", "--store", str(store), process_group=0)
+    with running(proc):
+        epoch2 = _wait(
+            lambda: next(store.glob("checkpoints/run-*/epoch-00000002*"), None),
+            "the trial's epoch-2 checkpoint",
+            timeout=180,
+            every=0.02,
+        )
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole process group
+        stderr = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, stderr
+    (sweep_row,) = read_rows(Store(store), "sweeps")[0]
+    assert sweep_row["status"] == "interrupted"
+    assert f"mnist-ray sweep --resume {sweep_row['sweep_id']}" in stderr
+    _wait(lambda: not local.trial_actors(), "no trial actor left", 30)
+    run_id = epoch2.parent.name
+    assert list(store.glob("runs/*.parquet")) == []  # interrupted: no run yet
+    saved = max(int(p.name[6:14]) for p in epoch2.parent.glob("epoch-*.safetensors"))
+    assert 2 <= saved < epochs  # the checkpoints outlived the interruption
+
+    result = invoke("--resume", sweep_row["sweep_id"], "--store", str(store), "--json")
+    assert f"Trial {run_id} resumes from its checkpoint: epoch {saved} of {epochs}" in result.stderr
+    (row,) = read_rows(Store(store), "runs")[0]
+    assert row["run_id"] == run_id and row["threads"] == 1
+    # The same weights, to the bit, as the same configuration trained without a break
+    ref = reference(train_split, epochs=epochs, batch_size=batch)
+    assert row["epoch_costs"] == ref.epoch_costs
+    _, sha = Store(tmp_path / "ref").write_weights(run_id, ref.weights)
+    assert row["weights_sha256"] == sha
+    assert json.loads(result.stdout)["status"] == "finished"
+    assert not list(store.glob("checkpoints/*/*"))  # cleared once the run is stored
 
 
 # ---- resources --------------------------------------------------------------------------------

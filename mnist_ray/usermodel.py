@@ -1,0 +1,402 @@
+"""Models a user brings: `--model path/to/net.py:Net` or `--model package.module:make`.
+
+    from mnist_ray import usermodel
+    usermodel.is_user("net.py:Net")         # True; a built-in name ("cnn") is False
+    usermodel.check("net.py:Net")           # load it, run a batch of 2; ModelError if wrong
+    usermodel.build("net.py:Net")           # a new nn.Module, in the driver or in a Ray task
+    usermodel.source_of("net.py:Net")       # the file's text: the run row's model_source
+    usermodel.restore("net.py:Net", source) # a stored run's model again, without its file
+    usermodel.task_options("net.py:Net")    # {"runtime_env": ...} for .options(); {} built-in
+
+The contract: NAME is an nn.Module class, or a function that takes no argument and returns
+an nn.Module, mapping a float batch (B, 1, 28, 28) in 0..1 to (B, 10) class scores, its
+state_dict all float32 (docs/models.md).
+
+How the code reaches the Ray tasks: never through a shared filesystem. A file's text
+becomes a package named from its hash, `mnist_ray_user_<sha12>/__init__.py`, in a temporary
+folder; a `package.module` ships its top-level package's folder (unless it is installed in
+site-packages, where the cluster has it too). Ray uploads those folders to the cluster
+(its GCS) and each task that gets `runtime_env={"py_modules": [uri]}` imports them from its
+own copy. Ray accepts only URIs in a task's runtime_env (local folders only in ray.init's,
+which session.py owns), so the folders are uploaded here with the function ray.init itself
+uses, `upload_py_modules_if_needed`; through Ray Client it uploads over the client
+connection. A task learns which module a file spec became from MNIST_RAY_USER_MODELS
+(JSON {spec: module}) in the same runtime_env.
+
+Imports only errors.py (config.py imports this module to check a spec) and torch only when
+a user model is loaded, so the built-in models' paths never pay for it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import hashlib
+import importlib
+import json
+import os
+import random
+import shutil
+import sys
+import sysconfig
+import tempfile
+import types
+from dataclasses import dataclass
+from pathlib import Path
+
+from mnist_ray.errors import ClusterError, NamedError
+
+PREFIX = "mnist_ray_user_"  # the package a file's text becomes, + 12 hex of its sha256
+MODULES_VAR = "MNIST_RAY_USER_MODELS"  # in a task's runtime_env: JSON {spec: module}
+BATCH = (2, 1, 28, 28)  # the dummy batch a model must map to (2, CLASSES)
+CLASSES = 10  # config.NUM_CLASSES (config imports this module, so it is not imported back)
+
+
+class ModelError(NamedError):
+    """A user model that can't be used: `value` is the spec, `message` what is wrong."""
+
+    def __init__(self, message: str, about: str | None = "model", value: object = None):
+        super().__init__(message, about, value)
+
+
+@dataclass
+class Loaded:
+    spec: str
+    module: types.ModuleType
+    attr: str
+    source: str | None  # the file's text (file form); None for package.module
+    ship: Path | None  # what py_modules carries to the tasks; None: nothing to carry
+    mapped: bool  # a file: the tasks import it as module.__name__, told by MODULES_VAR
+
+
+_LOADED: dict[str, Loaded] = {}
+_CHECKED: set[str] = set()
+_root: Path | None = None
+
+
+def is_user(spec: str) -> bool:
+    """A user's FILE.py:NAME or module:NAME, as opposed to a built-in model's name."""
+    return ":" in spec
+
+
+def parse(spec: str) -> tuple[str, str, str]:
+    """(kind, target, attr): ("file", "nets/net.py", "Net") or ("package", "pkg.mod", "make")."""
+    target, _, attr = spec.rpartition(":")
+    if not target or not attr.isidentifier():
+        raise ModelError("give FILE.py:NAME or package.module:NAME", value=spec)
+    if target.endswith(".py") or "/" in target or os.sep in target:
+        return "file", target, attr
+    if all(part.isidentifier() for part in target.split(".")):
+        return "package", target, attr
+    raise ModelError(f"{target} is neither a .py file nor a package.module name", value=spec)
+
+
+# ---- loading --------------------------------------------------------------------------------------
+
+
+def load(spec: str) -> Loaded:
+    """The spec's module, imported once per process: in a task, the module its runtime_env
+    shipped; in the driver, the file read (or the package imported) now."""
+    kind, target, attr = parse(spec)
+    if spec in _LOADED:  # read once: a job's working_dir may be gone once it connected
+        return _LOADED[spec]
+    shipped = json.loads(os.environ.get(MODULES_VAR) or "{}").get(spec)
+    if shipped:  # a Ray task: the runtime_env put the module on sys.path
+        module = _import(spec, shipped)
+        loaded = Loaded(spec, module, attr, _read(module), None, True)
+        _LOADED[spec] = loaded
+        return loaded
+    if kind == "file":
+        path = Path(target).expanduser()
+        try:
+            source = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ModelError(f"no such file {target}", value=spec) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ModelError(f"can't read {target}: {_line(exc)}", value=spec) from None
+        return restore(spec, source, shown=target)
+    with contextlib.suppress(OSError):  # `mnist-ray` is a script: its sys.path lacks the cwd
+        if os.getcwd() not in sys.path:
+            sys.path.append(os.getcwd())
+    module = _import(spec, target)
+    _LOADED[spec] = Loaded(spec, module, attr, None, _package_path(target), False)
+    return _LOADED[spec]
+
+
+def restore(spec: str, source: str, shown: str | None = None) -> Loaded:
+    """The file form from its text (a run row's model_source): the module it becomes,
+    `mnist_ray_user_<sha12>`, run here under that name; replaces what `spec` loaded before."""
+    _, target, attr = parse(spec)
+    name = PREFIX + hashlib.sha256(source.encode()).hexdigest()[:12]
+    module = sys.modules.get(name)
+    if module is None:
+        module = types.ModuleType(name)
+        module.__file__ = shown or target
+        try:
+            code = compile(source, shown or target, "exec")
+            sys.modules[name] = module  # as an import does: classes may look it up by name
+            exec(code, module.__dict__)
+        except SyntaxError as exc:
+            sys.modules.pop(name, None)
+            raise ModelError(
+                f"{target} line {exc.lineno}: SyntaxError: {exc.msg}", value=spec
+            ) from None
+        except (Exception, SystemExit) as exc:
+            sys.modules.pop(name, None)
+            raise ModelError(f"importing {target} raised {_named(exc)}", value=spec) from None
+    if spec in _LOADED and _LOADED[spec].module is not module:
+        _CHECKED.discard(spec)  # other code under the same spec: check it again
+    _LOADED[spec] = Loaded(spec, module, attr, source, None, True)
+    return _LOADED[spec]
+
+
+def _import(spec: str, name: str) -> types.ModuleType:
+    try:
+        return importlib.import_module(name)
+    except SyntaxError as exc:
+        where = f"{exc.filename} line {exc.lineno}"
+        raise ModelError(f"{where}: SyntaxError: {exc.msg}", value=spec) from None
+    except (Exception, SystemExit) as exc:
+        raise ModelError(f"importing {name} raised {_named(exc)}", value=spec) from None
+
+
+def _read(module: types.ModuleType) -> str | None:
+    with contextlib.suppress(OSError, TypeError):
+        return Path(module.__file__).read_text(encoding="utf-8")
+    return None
+
+
+def _package_path(target: str) -> Path | None:
+    """The top-level package's folder (or single-file module) to ship; None when it is
+    installed (site-packages: the cluster's image has it as well) or is mnist_ray itself."""
+    top = target.split(".")[0]
+    module = sys.modules[top]
+    installed = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
+    paths = list(getattr(module, "__path__", None) or [module.__file__ or ""])
+    if top == "mnist_ray" or len(paths) != 1 or not paths[0]:
+        return None
+    path = Path(paths[0]).resolve()
+    if any(parent in path.parents for parent in map(Path, installed)):
+        return None
+    return path
+
+
+# ---- building and checking --------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _rng_kept():
+    """Building draws initial weights from the global RNGs: a check or a shape lookup
+    must leave them as they were, so training's draws stay the seed's."""
+    import torch
+
+    state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        yield
+    random.setstate(state)
+
+
+def build(spec: str):
+    """A new nn.Module from the spec's class or factory (drawing from the global RNG, as
+    a built-in model's build does, so the seed decides its initial weights)."""
+    from torch import nn
+
+    loaded = load(spec)
+    made = getattr(loaded.module, loaded.attr, _MISSING)
+    if made is _MISSING:
+        raise ModelError(f"{_where(loaded)} has no {loaded.attr}", value=spec)
+    if isinstance(made, nn.Module):
+        raise ModelError(
+            f"{loaded.attr} is an nn.Module instance; give its class or a function making one",
+            value=spec,
+        )
+    if isinstance(made, type) and not issubclass(made, nn.Module):
+        raise ModelError(f"{loaded.attr} is a class but not an nn.Module", value=spec)
+    if not callable(made):
+        kind = type(made).__name__
+        kind = f"{'an' if kind[0] in 'aeiou' else 'a'} {kind}"
+        raise ModelError(
+            f"{loaded.attr} is {kind}, not an nn.Module class or a function making one",
+            value=spec,
+        )
+    try:
+        module = made()
+    except (Exception, SystemExit) as exc:
+        raise ModelError(f"{loaded.attr}() raised {_named(exc)}", value=spec) from None
+    if not isinstance(module, nn.Module):
+        got = type(module).__name__
+        raise ModelError(f"{loaded.attr}() returned a {got}, not an nn.Module", value=spec)
+    return module
+
+
+_MISSING = object()
+
+
+def _where(loaded: Loaded) -> str:
+    return parse(loaded.spec)[1]
+
+
+def check(spec: str) -> None:
+    """Everything a run needs of the model, before any Ray task: it builds, its weights
+    are float32, and a batch of 2 zero images gives (2, 10) scores. ModelError otherwise."""
+    if spec in _CHECKED:
+        return
+    import torch
+
+    with _rng_kept():
+        module = build(spec)
+        odd = [(k, v.dtype) for k, v in module.state_dict().items() if v.dtype != torch.float32]
+        if odd:
+            name, dtype = odd[0]
+            raise ModelError(
+                f"its state_dict's {name} is {dtype}; weights must be float32", value=spec
+            )
+        if not any(p.requires_grad for p in module.parameters()):
+            raise ModelError("it has no parameters to train", value=spec)
+        try:
+            with torch.no_grad():
+                out = module.eval()(torch.zeros(BATCH))
+        except (Exception, SystemExit) as exc:
+            raise ModelError(
+                f"forward on a batch {BATCH} raised {_named(exc)}", value=spec
+            ) from None
+    want = (BATCH[0], CLASSES)
+    if not isinstance(out, torch.Tensor):
+        raise ModelError(f"forward gives a {type(out).__name__}, not a tensor {want}", value=spec)
+    if tuple(out.shape) != want:
+        raise ModelError(f"forward gives {tuple(out.shape)}, not {want}", value=spec)
+    if not out.is_floating_point():
+        raise ModelError(f"forward gives {out.dtype} scores, not floating point", value=spec)
+    _CHECKED.add(spec)
+
+
+def restore_run(run: dict) -> None:
+    """A stored run's model, ready to build: from the row's model_source when it has one
+    (the file form), else loaded from its spec; checked as at training."""
+    if run.get("model_source") is not None:
+        restore(run["model"], run["model_source"])
+    check(run["model"])
+
+
+def shell(spec: str):
+    """The module with its initial weights, the global RNGs left as they were: for its
+    state_dict's names and shapes, or to load stored weights into."""
+    with _rng_kept():
+        return build(spec)
+
+
+def source_of(spec: str) -> str | None:
+    """What the run row keeps as model_source: a file's text; None for a built-in model
+    or a package.module (the package is imported again when evaluated)."""
+    if not is_user(spec):
+        return None
+    loaded = load(spec)
+    return loaded.source if parse(spec)[0] == "file" else None
+
+
+# ---- shipping to Ray tasks ----------------------------------------------------------------------
+
+
+def _temp_root() -> Path:
+    global _root
+    if _root is None:
+        _root = Path(tempfile.mkdtemp(prefix="mnist-ray-models-"))
+        atexit.register(shutil.rmtree, _root, ignore_errors=True)
+    return _root
+
+
+def package_dir(spec: str) -> Path | None:
+    """The folder py_modules carries: the file's `mnist_ray_user_<sha12>/` (written here,
+    in a temporary folder), or the package's own; None: nothing to carry."""
+    loaded = load(spec)
+    if not loaded.mapped:
+        return loaded.ship
+    folder = _temp_root() / loaded.module.__name__
+    if not folder.exists():
+        part = folder.with_name(folder.name + ".part")
+        part.mkdir(exist_ok=True)
+        (part / "__init__.py").write_text(loaded.source, encoding="utf-8")
+        part.rename(folder)
+    return folder
+
+
+def task_options(spec: str) -> dict:
+    """`.options(**task_options(spec))` for the tasks that build the model: the code in a
+    runtime_env, uploaded to the connected cluster (once per content: the URI is its
+    hash). Nothing for a built-in model, whose tasks keep the job's own environment."""
+    if not is_user(spec):
+        return {}
+    folder = package_dir(spec)
+    if folder is None:
+        return {}
+    runtime_env: dict = {"py_modules": [upload(folder, spec)]}
+    if load(spec).mapped:
+        runtime_env["env_vars"] = {MODULES_VAR: json.dumps({spec: load(spec).module.__name__})}
+    return {"runtime_env": runtime_env}
+
+
+def upload(path: Path, spec: str) -> str:
+    """A gcs:// URI for the folder (or .py file), uploaded as ray.init uploads py_modules."""
+    import ray
+    from ray._private.runtime_env.py_modules import upload_py_modules_if_needed
+
+    try:
+        if ray.util.client.ray.is_connected():
+            return _upload_through_client(path)
+        with tempfile.TemporaryDirectory() as scratch:
+            env = upload_py_modules_if_needed(
+                {"py_modules": [str(path)]}, include_gitignore=True, scratch_dir=scratch
+            )
+    except Exception as exc:
+        raise ClusterError(
+            f"shipping {path} to the cluster failed: {_line(exc)}", "model", spec
+        ) from None
+    return env["py_modules"][0]
+
+
+def _upload_through_client(path: Path) -> str:
+    """Ray 2.60's Ray Client proxy answers PinRuntimeEnvURI, the first step of Ray's upload,
+    with UNIMPLEMENTED, and its client retries that forever; so through ray:// the package
+    is made and put in the GCS here, by the same functions, without the pin (a temporary
+    reference that only guards a package between upload and a job's start)."""
+    from ray._private.runtime_env import packaging
+
+    folder = path.is_dir()
+    uri = (
+        packaging.get_uri_for_directory(str(path), include_gitignore=True)
+        if folder
+        else packaging.get_uri_for_file(str(path))
+    )
+    if not packaging.package_exists(uri):
+        with tempfile.TemporaryDirectory() as scratch:
+            target = Path(scratch) / "package.zip"
+            packaging.create_package(
+                str(path), target, include_gitignore=True, include_parent_dir=folder
+            )
+            packaging.upload_package_to_gcs(uri, target.read_bytes())
+    return uri
+
+
+def job_files(spec: str, folder: Path) -> tuple[str, dict]:
+    """For a Jobs API submission: (the spec as the job's driver sees it, what the job's
+    runtime_env needs). A file is copied into `folder` (the job's working_dir, where the
+    entrypoint runs), so `net.py:Net` there names it; a package goes in py_modules."""
+    kind, target, attr = parse(spec)
+    loaded = load(spec)
+    if kind == "file":
+        name = Path(target).name
+        (folder / name).write_text(loaded.source, encoding="utf-8")
+        return f"{name}:{attr}", {"working_dir": str(folder)}
+    return spec, ({"py_modules": [str(loaded.ship)]} if loaded.ship else {})
+
+
+# ---- one line ---------------------------------------------------------------------------------
+
+
+def _line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _named(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {_line(exc)}"
