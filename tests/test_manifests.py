@@ -75,6 +75,22 @@ def entrypoints() -> list[tuple[str, str]]:
     return found
 
 
+def compose_commands() -> list[str]:
+    """The `mnist-ray ...` lines of compose.yaml's usage comment, less their own comments."""
+    found = []
+    for line in COMPOSE.read_text().splitlines():
+        text = line.removeprefix("#").strip()
+        if line.startswith("#") and text.startswith("mnist-ray "):
+            found.append(shlex.join(shlex.split(text, comments=True)))
+    return found
+
+
+def value(ctx, name: str):
+    """A parsed option's value; a choice's string rather than its enum member."""
+    got = ctx.params[name]
+    return getattr(got, "value", got)
+
+
 # ---- versions: one pin, everywhere ------------------------------------------------------------
 
 
@@ -212,8 +228,9 @@ def test_kuberay_rayjobs_free_their_cluster_and_need_a_token(path):
         assert "/dev/shm" in mounts
 
 
-def test_training_rayjob_has_a_gpu_worker_group():
-    job = yaml.safe_load((REPO / "jobs" / "kuberay" / "rayjob-train.yaml").read_text())
+@pytest.mark.parametrize("name", ["rayjob-train.yaml", "rayjob-train-cnn.yaml"])
+def test_training_rayjob_has_a_gpu_worker_group(name):
+    job = yaml.safe_load((REPO / "jobs" / "kuberay" / name).read_text())
     cluster = job["spec"]["rayClusterSpec"]
     (gpu,) = [g for g in cluster["workerGroupSpecs"] if g["rayStartParams"].get("num-gpus") == "1"]
     pod = gpu["template"]["spec"]
@@ -251,3 +268,73 @@ def test_the_gpu_check_sweep_parses():
 
     spec = definition(ctx.params["lr"], seed=ctx.params["seed"], gpus_per_trial=0.125)
     assert len(plan(spec, "sweep-x")) == 64
+
+
+# ---- the CNN on the GPU worker, then its evaluation on 4 shards -------------------------------
+
+
+def check_cnn_then_4_shards(train: str, evaluate: str) -> None:
+    """`train` trains the course's CNN for 15 epochs asking for a GPU (so only a GPU node
+    takes it, and a cluster without one fails at once); `evaluate` then runs 4 CPU shards
+    of the latest run, which is that CNN's."""
+    command, ctx = resolve(train)
+    assert command.name == "train", train
+    assert (value(ctx, "model"), value(ctx, "epochs"), value(ctx, "gpus")) == ("cnn", 15, "1")
+    command, ctx = resolve(evaluate)
+    assert command.name == "evaluate", evaluate
+    assert value(ctx, "shards") == 4 and value(ctx, "run") is None, evaluate
+
+
+def test_ray_jobs_specs_train_the_cnn_on_a_gpu_then_evaluate_it():
+    train, evaluate = (
+        yaml.safe_load((REPO / "jobs" / name).read_text())
+        for name in ("train-cnn.yaml", "evaluate-cnn.yaml")
+    )
+    check_cnn_then_4_shards(train["entrypoint"], evaluate["entrypoint"])
+    for spec in (train, evaluate):  # the driver holds neither a GPU nor a CPU: the tasks do
+        assert spec["entrypoint_num_cpus"] == 0 and "entrypoint_num_gpus" not in spec
+    assert (train["metadata"]["command"], evaluate["metadata"]["command"]) == (
+        "submit train",
+        "evaluate",
+    )
+
+
+def test_kuberay_trains_the_cnn_on_its_gpu_worker_then_evaluates_on_4_cpus():
+    train, evaluate = (
+        yaml.safe_load((REPO / "jobs" / "kuberay" / name).read_text())
+        for name in ("rayjob-train-cnn.yaml", "rayjob-evaluate-cnn.yaml")
+    )
+    check_cnn_then_4_shards(train["spec"]["entrypoint"], evaluate["spec"]["entrypoint"])
+    # one command per RayJob: KubeRay's submitter pastes the entrypoint into a shell line
+    for job in (train, evaluate):
+        assert not set(job["spec"]["entrypoint"]) & set(";&|"), job["metadata"]["name"]
+    cluster = train["spec"]["rayClusterSpec"]
+    (gpu,) = cluster["workerGroupSpecs"]  # the only worker: the CNN can land nowhere else
+    assert gpu["rayStartParams"]["num-gpus"] == "1"
+    (container,) = gpu["template"]["spec"]["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-gpus"] == "0"
+    cluster = evaluate["spec"]["rayClusterSpec"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    assert all(g["rayStartParams"]["num-gpus"] == "0" for g in groups)
+    pods = [g["template"]["spec"] for g in groups]
+    assert not any("nvidia.com/gpu" in str(c["resources"]) for p in pods for c in p["containers"])
+    workers = sum(
+        int(g["rayStartParams"]["num-cpus"]) * g["replicas"] for g in cluster["workerGroupSpecs"]
+    )
+    assert workers >= 4  # every shard at once, on the workers
+
+
+def test_compose_usage_trains_the_cnn_on_the_gpu_worker_then_evaluates_it():
+    commands = compose_commands()
+    for line in commands:  # every one parses; those that run on Ray, on the published port
+        _, ctx = resolve(line)
+        assert ctx.params.get("address", "http://127.0.0.1:8265") == "http://127.0.0.1:8265"
+    (train,) = [c for c in commands if "--model cnn" in c]
+    evaluate = commands[commands.index(train) + 1]
+    check_cnn_then_4_shards(train, evaluate)
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    with_gpu = [n for n, s in services.items() if "--num-gpus=0" not in s["command"]]
+    assert with_gpu == ["gpu-worker"]  # so the GPU request can only land there
+    assert "--num-gpus=1" in services["gpu-worker"]["command"]
+    assert services["gpu-worker"]["deploy"]["resources"]["reservations"]["devices"]
