@@ -38,6 +38,7 @@ from mnist_ray.evaluate import (
     shard_bounds,
 )
 from mnist_ray.output import say
+from mnist_ray.placement import training_request
 from mnist_ray.schema import evaluation_row, run_row
 from mnist_ray.session import connect
 from mnist_ray.store import Store, StoreError, new_id, now
@@ -161,27 +162,6 @@ def training_stream(
 train_task = ray.remote(num_cpus=1, max_retries=RETRIES)(training_stream)
 
 
-def gpu_request(gpus: str, log: Callable[[str], None] = say) -> int:
-    """How many GPUs the training task asks for: --gpus auto|0|1 against what the cluster has."""
-    have = ray.cluster_resources().get("GPU", 0)
-    if gpus == "0":
-        return 0
-    if gpus == "1":
-        if have < 1:
-            cpus = int(ray.cluster_resources().get("CPU", 0))
-            raise ClusterError(
-                f"the Ray cluster has no GPU ({cpus} CPUs, 0 GPUs), so the task would "
-                "wait forever; use --gpus auto or 0 to train on the CPU",
-                about="gpus",
-                value=gpus,
-            )
-        return 1
-    if have >= 1:
-        return 1
-    log("No GPU in the Ray cluster: training on the CPU.")
-    return 0
-
-
 def train_on_ray(
     cfg: TrainConfig,
     images: np.ndarray,
@@ -198,7 +178,7 @@ def train_on_ray(
     """Run the training task, print each epoch as it streams in; return its outcome.
     `cpus`: the CPUs the task asks Ray for, and torch's threads in it. `on_epoch(item)`
     sees each epoch printed; `on_stop()` runs at Ctrl-C before the task is cancelled."""
-    num_gpus = gpu_request(gpus, log)
+    num_gpus = training_request(gpus, cpus, log)  # refused now if no node can take it
     args = (cfg.to_dict(), ray.put(images), ray.put(labels), store.location, run_id)
     args += (num_gpus > 0, checkpoint_every, cpus)
     options = dict(num_cpus=cpus, num_gpus=num_gpus, name=f"train {run_id}")

@@ -9,9 +9,10 @@ import time
 import numpy as np
 import pytest
 
-from mnist_ray.cluster import ClusterError, evaluate_on_ray, gpu_request, train_on_ray
+from mnist_ray.cluster import ClusterError, evaluate_on_ray, train_on_ray
 from mnist_ray.config import TrainConfig
 from mnist_ray.evaluate import evaluate_shard, merge
+from mnist_ray.placement import check_fits, gpu_request
 from mnist_ray.session import connect
 from mnist_ray.store import Store
 
@@ -57,6 +58,14 @@ def test_requiring_a_gpu_on_a_cpu_cluster_fails_at_once(ray_local):
         gpu_request("1")
     assert time.monotonic() - started < 5
     assert gpu_request("0") == 0
+
+
+def test_a_task_no_node_can_take_is_refused_at_once(ray_local):
+    check_fits(1, 0)  # the local cluster has a CPU
+    with pytest.raises(ClusterError, match="^cpus 10000: no node of the Ray cluster has 10000"):
+        check_fits(10_000, 0)
+    with pytest.raises(ClusterError, match="the largest node with a GPU has 0"):
+        check_fits(1, 1)
 
 
 def test_shard_progress_counts_up(ray_local, random_weights, mnist_test):

@@ -484,6 +484,15 @@ def test_gpus_1_on_a_cpu_only_cluster_fails_fast(local, tmp_path):
     assert _parquet_files(tmp_path, "runs") == []
 
 
+def test_more_cpus_than_any_node_has_fails_fast(local, tmp_path):
+    proc = local.cli("submit", "train", "--epochs", "1", "--cpus", "64", "--store", str(tmp_path))
+    _, stderr = proc.communicate(timeout=60)  # a task no node can take would wait forever
+    assert proc.returncode == 1
+    assert "--cpus 64: no node of the Ray cluster has 64 CPUs" in stderr
+    assert "Traceback" not in stderr
+    assert _parquet_files(tmp_path, "runs") == []
+
+
 def test_unreachable_address_fails_fast(tmp_path):
     proc = subprocess.run(
         [*MNIST_RAY, "submit", "train", "--epochs", "1"]
