@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +98,10 @@ def breakdown(weights, images, labels, model: str, shards: int) -> list[dict]:
     parts = ray.get(refs)
     gathered = time.time()
     for p in parts:
-        p["wait"] = p["entered"] - submitted
+        # A worker that ran an earlier shard of this call: the time before it was queueing.
+        before = [q["done"] for q in parts if q["pid"] == p["pid"] and q["done"] <= p["entered"]]
+        p["queue"] = max(before, default=submitted) - submitted
+        p["wait"] = p["entered"] - submitted - p["queue"]
         p["import"] = p["imported"] - p["entered"]
         p["fetch"] = p["fetched"] - p["imported"]
         p["compute"] = p["done"] - p["fetched"]
@@ -110,7 +114,8 @@ def breakdown(weights, images, labels, model: str, shards: int) -> list[dict]:
     )
     for i, p in enumerate(parts):
         print(
-            f"      shard {i}: worker wait {p['wait']:.2f} s, torch import {p['import']:.2f} s, "
+            f"      shard {i}: queued {p['queue']:.2f} s, worker start {p['wait']:.2f} s, "
+            f"torch import {p['import']:.2f} s, "
             f"fetch {p['fetch']:.3f} s, forward {p['compute']:.2f} s"
         )
     return parts
@@ -164,12 +169,14 @@ def onnx_against_torch(weights, images, model: str, threads: int, repeat: int, f
 
     torch.set_num_threads(threads)
     module = with_weights(model, weights)
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / f"{model}.onnx"
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / f"{model}.onnx"
         example = torch.zeros((MICRO_BATCH, *IMAGE_SHAPE))
-        torch.onnx.export(
-            module, (example,), str(path), input_names=["x"], output_names=["z"], dynamo=False
-        )
+        with warnings.catch_warnings():  # the TorchScript exporter: no onnxscript needed
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            torch.onnx.export(
+                module, (example,), str(path), input_names=["x"], output_names=["z"], dynamo=False
+            )
         size = path.stat().st_size
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -240,6 +247,9 @@ def main() -> None:
         env = dict(os.environ, MNIST_RAY_DATA=args.data_dir)
         with running_head(env) as (address, head_env):
             os.environ.update(head_env)  # the head's token, for this driver
+            from ray._raylet import Config
+
+            Config.initialize("")  # Ray read its config at import; again, with the token
             figures = through_ray(address, weights, images, labels, model, args.repeat)
         ideal = plain[1] / min(4, os.cpu_count() or 1)  # 1 thread per shard, one per core
         cold, warm = figures[4]
