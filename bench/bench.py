@@ -51,7 +51,7 @@ def classic(
     flatten = not name.startswith("cnn")  # the MLP labs take X.view(-1, 28 * 28)
     _sync(device)
     started = time.perf_counter()
-    costs = [float(lab_epoch(setup, flatten=flatten, device=device)[0]) for _ in range(epochs)]
+    costs = [lab_epoch(setup, flatten=flatten, device=device)[0].item() for _ in range(epochs)]
     _sync(device)
     return time.perf_counter() - started, costs
 
