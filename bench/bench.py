@@ -8,7 +8,7 @@ process on the same data, device and thread count; then the CLI end to end.
     python bench/bench.py --model cnn --threads 2   # a lab's model: one epoch each
 
 `--model` takes a built-in model (mnist_ray.model.list_models()); its classic loop is
-the lab's own program, as tests/test_labs.py writes it. Prints each time with the
+the lab's own program, as tests/labs.py writes it. Prints each time with the
 thread count it ran with, the ratio, and peak memory. MNIST comes from --data-dir or
 $MNIST_RAY_DATA (see README).
 """
@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import json
 import os
-import random
 import resource
 import secrets
 import shutil
@@ -38,50 +37,21 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def lab_model(name: str) -> torch.nn.Module:
-    """The lab's own model code for a built-in model name (written once, in the tests)."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from test_labs import LABS
-
-    return LABS[name]()
-
-
 def classic(
     data_dir: str, device: torch.device, epochs: int, name: str = "softmax"
 ) -> tuple[float, list[float]]:
-    """The model's program: DataLoader over torchvision's MNIST with ToTensor, the lab's
-    model built after the seed, its optimizer (SGD lr 0.1 for the tutorial, Adam lr 0.001
-    from lab 10 on) and its loop."""
-    import torchvision.datasets as dsets
-    import torchvision.transforms as transforms
+    """The model's program (tests/labs.py, the loop tests/test_labs.py holds ours to):
+    DataLoader over torchvision's MNIST with ToTensor, the lab's model built after the
+    seed, its optimizer (SGD lr 0.1 for the tutorial, Adam lr 0.001 from lab 10 on) and
+    its loop, `epochs` times."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from labs import lab_epoch, lab_setup
 
-    from mnist_ray.config import MODEL_DEFAULTS
-
-    optimizer_name, lr = MODEL_DEFAULTS[name]
-    random.seed(777)
-    torch.manual_seed(777)
-    mnist_train = dsets.MNIST(root=data_dir, train=True, transform=transforms.ToTensor())
-    loader = torch.utils.data.DataLoader(mnist_train, batch_size=100, shuffle=True, drop_last=True)
-    model = lab_model(name).to(device)
-    criterion = torch.nn.CrossEntropyLoss().to(device)
-    make = torch.optim.SGD if optimizer_name == "sgd" else torch.optim.Adam
-    optimizer = make(model.parameters(), lr=lr)
+    setup = lab_setup(data_dir, name, device=device)
     flatten = not name.startswith("cnn")  # the MLP labs take X.view(-1, 28 * 28)
-    model.train()
     _sync(device)
     started = time.perf_counter()
-    costs = []
-    for _ in range(epochs):
-        avg_cost = 0
-        for X, Y in loader:
-            X = (X.view(-1, 28 * 28) if flatten else X).to(device)
-            Y = Y.to(device)
-            optimizer.zero_grad()
-            cost = criterion(model(X), Y)
-            cost.backward()
-            optimizer.step()
-            avg_cost += cost / len(loader)
-        costs.append(float(avg_cost.detach()))
+    costs = [lab_epoch(setup, flatten=flatten, device=device)[0].item() for _ in range(epochs)]
     _sync(device)
     return time.perf_counter() - started, costs
 
