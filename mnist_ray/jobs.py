@@ -355,10 +355,13 @@ def logs(
     if not follow_:
         split.feed(_call(address, f"job {job_id}", c.get_job_logs, job_id))
         split.close()
-        if split.sigterm:  # the log ends in Ray's stack dump: say why instead
-            info = _call(address, f"job {job_id}", c.get_job_info, job_id)
-            stopped = str(info.status) == "STOPPED"
-            say(f"Job {job_id} {STOPPED if stopped else 'got SIGTERM'}.")
+        # Whether it was stopped is the job's status, not its log's text: a stopped
+        # `submit train` ends its log with how to resume, not with Ray's stack dump.
+        info = _call(address, f"job {job_id}", c.get_job_info, job_id)
+        if str(info.status) == "STOPPED":
+            say(f"Job {job_id} {STOPPED}.")
+        elif split.sigterm:  # the log ended in Ray's stack dump, which LogSplitter left out
+            say(f"Job {job_id} got SIGTERM.")
         return
     # a missing job: one line here, not a websocket error below
     _call(address, f"job {job_id}", c.get_job_info, job_id)

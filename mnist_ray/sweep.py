@@ -13,7 +13,9 @@ Every trial runs the training function `submit train` runs (`training_stream`, w
 `int(--cpus-per-trial)` torch threads, at least one), so its costs equal a single run's,
 bit for bit on the CPU. A trial reports each epoch to Tune (ASHA stops bad ones with
 `--early-stop`), then writes its weights and run row itself, before its last report, so
-that a trial the scheduler stops at its end still lands. Tune retries a trial whose
+that a trial the scheduler stops at its end still lands. A user's model file reaches
+the trials as its text in the trial config (a trial actor has no runtime_env of its own);
+a `package.module` model must be importable where the trials run. Tune retries a trial whose
 worker died (FailureConfig) and the retry resumes from the run's checkpoint in the
 store; an exception in the training is not retried: the trial reports it once and ends,
 and the others go on. Ctrl-C leaves the unfinished trials' checkpoints in the store:
@@ -33,7 +35,7 @@ from contextlib import nullcontext
 
 import pyarrow.fs as pafs
 
-from mnist_ray import checkpoints, data
+from mnist_ray import checkpoints, data, usermodel
 from mnist_ray.config import CHECKPOINT_EVERY, RETRIES, TrainConfig, first_line
 from mnist_ray.errors import ClusterError
 from mnist_ray.output import say
@@ -71,12 +73,15 @@ def trial(config: dict, images, labels) -> None:
     from mnist_ray.cluster import store_run, training_stream
 
     run_id, cfg = config["trial"]["run_id"], TrainConfig(**config["trial"]["cfg"])
+    source = config.get("model_sources", {}).get(cfg.model)
     store = Store(config["store"])  # attempts counted there: Ray counts no Tune restart
     row = dict(sweep_id=config["sweep_id"], attempts=checkpoints.count_attempt(store, run_id))
     args = (images, labels, store.location, run_id, config["use_gpu"], config["checkpoint_every"])
     stream = training_stream(cfg.to_dict(), *args, threads=config["threads"])
     pending = None
     try:
+        if source is not None:  # a user's file: its text, as the driver read it
+            usermodel.restore(cfg.model, source)
         for event in stream:
             if "outcome" in event:
                 store_run(store, run_id, cfg, event["outcome"], **row)
@@ -201,6 +206,11 @@ def _tune(spec, store, sweep_id, todo, images, labels, log) -> tuple[list[str], 
         # torch's threads: the trial's whole CPUs, as `submit train --cpus` (the run row
         # records it; the CPU costs depend on it)
         "threads": max(1, int(spec["cpus_per_trial"])),
+        # A trial actor gets no runtime_env (Tune takes none per trainable): a user's model
+        # file goes as its text, which the trial runs (usermodel.restore) before training.
+        "model_sources": {
+            c.model: usermodel.source_of(c.model) for _, c in todo if usermodel.is_user(c.model)
+        },
     }
     scheduler = None
     if spec["early_stop"]:  # stop trials whose cost trails the others' at the same epoch

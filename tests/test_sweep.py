@@ -158,6 +158,46 @@ def test_a_sweep_over_models_trains_each_with_its_lab_defaults(local, tmp_path):
     assert line.startswith("2/2 trials finished")
 
 
+NET = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.hidden = nn.Linear(784, 8)
+        self.scores = nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.scores(torch.relu(self.hidden(x.flatten(1))))
+"""
+
+
+def test_a_sweep_over_a_users_model_file_lands_its_run(local, tmp_path, monkeypatch):
+    """Tune's trial actors get no runtime_env: the trial builds the model from the file's
+    text that the driver read. The spec is relative to the driver's folder, which a trial
+    (in its own folder, maybe on another node) does not see."""
+    (tmp_path / "net.py").write_text(NET)
+    make_dataset(tmp_path / "data", n_train=200)
+    monkeypatch.chdir(tmp_path)
+    store = Store(tmp_path / "store")
+    result = invoke(
+        "--model", "net.py:Net", "--optimizer", "sgd", "--lr", "0.1", "--epochs", "1",
+        "--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "data"),
+        "--gpus-per-trial", "0", "--store", store.location, "--json",
+    )  # fmt: skip
+    summary = json.loads(result.stdout)
+    assert summary["failed"] == [] and [t["status"] for t in summary["trials"]] == ["finished"]
+    (run,) = read_rows(store, "runs")[0]
+    assert (run["model"], run["status"], run["model_source"]) == ("net.py:Net", "finished", NET)
+    assert run["sweep_id"] == summary["sweep_id"] and len(run["epoch_costs"]) == 1
+    shapes = {"hidden.weight": (8, 784), "hidden.bias": (8,), "scores.weight": (10, 8)}
+    shapes["scores.bias"] = (10,)
+    weights = store.read_weights(run, shapes)  # refused unless the stored ones have them
+    assert {k: w.shape for k, w in weights.items()} == shapes
+
+
 @needs_mnist
 def test_leaderboard_shows_only_the_parameters_that_vary(local, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a relative store: the trials must write where the driver reads
