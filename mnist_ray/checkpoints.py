@@ -23,6 +23,8 @@ import secrets
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
 
 from mnist_ray.config import WEIGHT_SHAPES, check_id
 from mnist_ray.store import Store, StoreError, decode_tensors, encode_tensors
@@ -86,6 +88,25 @@ def latest(
         optimizer=optimizer,
         cuda_rng_state=arrays.get("cuda_rng_state"),
     )
+
+
+def newest_epochs(store: Store, run_ids: list[str]) -> dict[str, int]:
+    """The epoch of each run's newest checkpoint, for the runs that have one: one listing
+    of the checkpoints folder, however many runs are asked about."""
+    wanted = set(run_ids)
+    if not wanted:
+        return {}
+    selector = pafs.FileSelector(store.path("checkpoints"), recursive=True, allow_not_found=True)
+    try:
+        infos = store.fs.get_file_info(selector)
+    except (OSError, pa.ArrowException):
+        return {}  # unreadable: the runs are shown without it
+    found: dict[str, int] = {}
+    for info in infos:
+        *_, run_id, name = ["", *info.path.rsplit("/", 2)]
+        if run_id in wanted and (m := _NAME.search(name)):
+            found[run_id] = max(found.get(run_id, 0), int(m.group(1)))
+    return found
 
 
 def _prefixed(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:

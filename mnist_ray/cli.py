@@ -11,19 +11,17 @@ mnist-ray show                         # the random sample, drawn in the termina
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from mnist_ray import __version__, helptext, jobs, output, render, ui  # noqa: F401  (helptext)
+from mnist_ray import __version__, cli_store, helptext, jobs, output, render, ui  # noqa: F401
 from mnist_ray.config import CHECKPOINT_EVERY, MAX_SHARDS, EvalConfig, TrainConfig, check_id
 from mnist_ray.store import DEFAULT_STORE, Store
 from mnist_ray.streams import install_result_marker
 from mnist_ray.ui import (
     AddressOpt,
     CheckpointEveryOpt,
-    CsvOpt,
     DataDirOpt,
     Dataset,
     Gpus,
@@ -31,10 +29,8 @@ from mnist_ray.ui import (
     StoreOpt,
     WaitOpt,
     err,
-    fail,
     friendly,
     out,
-    spelled,
     valid_id,
 )
 
@@ -94,24 +90,52 @@ def submit_train(
     gpus: ui.GpusOpt = Gpus.auto,
     cpus: ui.CpusOpt = 1,
     checkpoint_every: CheckpointEveryOpt = CHECKPOINT_EVERY,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            callback=valid_id,
+            metavar="RUN",
+            help="Go on with an interrupted run (id or unique prefix), with its own settings.",
+        ),
+    ] = None,
+    discard: Annotated[
+        bool, typer.Option("--discard", help="Ctrl-C or a failure deletes the run, not kept.")
+    ] = False,
     wait: WaitOpt = True,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a model (softmax unless --model) on a Ray worker, a GPU if there is one; store it.
+    Ctrl-C leaves the run interrupted: `--resume RUN` goes on from its last checkpoint.
 
     Example: mnist-ray submit train --model cnn --epochs 15 --store ./mnist-ray-store
     """
-    cfg = TrainConfig(dataset.value, epochs, batch_size, lr, seed, model, optimizer).validate()
+    if resume is None:
+        cfg = TrainConfig(dataset.value, epochs, batch_size, lr, seed, model, optimizer).validate()
     target = _store_or_submit(ctx, address, store, wait)
-    from mnist_ray import data
+    from mnist_ray import data, resuming
+    from mnist_ray.store import new_id
 
+    found = None
+    if resume is not None:
+        found = resuming.resumable(target, resume, resuming.given(ctx, submit_train))
+        if found["status"] == "finished":
+            err.print(f"run {found['run_id']} is finished; nothing to resume")
+            _print([output.as_json(found)] if as_json else [])
+            return
+        cfg, gpus, cpus, checkpoint_every = resuming.settings(found, gpus, cpus, checkpoint_every)
     images, labels = data.load(cfg.dataset, "train", data_dir)
     target.check_writable()  # fail now, not after 15 epochs
     from mnist_ray.cluster import train_and_store
 
-    row = train_and_store(
-        cfg, images, labels, target, address, gpus.value, checkpoint_every, err.print, cpus
-    )
+    run_id = found["run_id"] if found else new_id("run")
+    try:
+        row = train_and_store(
+            cfg, images, labels, target, address, gpus.value, checkpoint_every, err.print, cpus,
+            resume=found, keep=not discard, run_id=run_id,
+        )  # fmt: skip
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM from `jobs stop`
+        err.print(resuming.interrupted(ctx, run_id, discard))
+        raise typer.Exit(128 + getattr(exc, "signum", 2)) from None
     _print([output.as_json(row)] if as_json else render.trained(row))
 
 
@@ -238,7 +262,7 @@ def models(as_json: JsonOpt = False) -> None:
     _print([output.as_json(rows) if as_json else output.as_table("models", [*rows[0]], rows)])
 
 
-# ---- results and show -------------------------------------------------------------------------
+# ---- results (show, query, compact, compare, report: cli_store.py) -------------------------------------------------------------------------
 
 
 RESULTS_SHOWN = 50  # runs in the results table when no --limit is given
@@ -274,13 +298,13 @@ def results(
     """
     from mnist_ray.compare import EVAL_COLUMNS, listing
 
-    _one_format(as_json, as_csv)
+    cli_store.one_format(as_json, as_csv)
     target = Store(store)
     target.check_exists()
     if limit is None and not (as_json or as_csv):
         limit = RESULTS_SHOWN  # a table of 100,000 runs helps nobody; scripts get every row
     view = listing(target, where, sort, limit, all_columns)
-    _skipped(view.bad)
+    cli_store.skipped(view.bad)
     for table in ("runs", "evaluations"):
         if (n := len(target.list(table, ".parquet"))) > COMPACT_HINT:
             err.print(f"{table}: {n} files; `mnist-ray compact --store {store}` makes reads fast")
@@ -292,151 +316,8 @@ def results(
         _print(render.results(target.location, view, EVAL_COLUMNS))
 
 
-@app.command()
-@friendly("show")
-def show(
-    eval_id: Annotated[
-        str | None, typer.Argument(callback=valid_id, help="Evaluation id (default: the latest).")
-    ] = None,
-    png: Annotated[
-        Path | None, typer.Option(help="Also write the image to this PNG file.", dir_okay=False)
-    ] = None,
-    store: StoreOpt = DEFAULT_STORE,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the evaluation's row as one JSON object.")
-    ] = False,
-) -> None:
-    """Draw an evaluation's random sample in the terminal: label, prediction, probabilities.
-
-    Example: mnist-ray show --png sample.png
-    """
-    target = Store(store)
-    target.check_exists()
-    from mnist_ray.query import find
-
-    e = find(target, "evaluations", eval_id, "eval_id")  # one match, as `evaluate --run`
-    if as_json:
-        print(output.as_json(e))
-        return
-    _print(render.sample(e))
-    if png is not None:
-        try:
-            render.write_png(render.pixels(e), png, render.caption(e))
-        except OSError as exc:
-            fail(f"--png {png}: {exc.strerror or exc}")
-        err.print(f"wrote {png}")
-
-
-# ---- query and compact ------------------------------------------------------------------------
-
-
-def _skipped(bad: list[tuple[str, str]]) -> None:
-    for path, problem in bad:
-        err.print(f"[yellow]Skipped[/] {path}: {problem}", markup=True)
-
-
-def _one_format(as_json: bool, as_csv: bool) -> None:
-    if as_json and as_csv:
-        raise typer.BadParameter("choose one of --json and --csv", param_hint="'--csv'")
-
-
-@app.command()
-@friendly("query")
-def query(
-    sql: Annotated[str, typer.Argument(help="SQL over the views `runs` and `evaluations`.")],
-    store: StoreOpt = DEFAULT_STORE,
-    as_json: JsonOpt = False,
-    as_csv: CsvOpt = False,
-) -> None:
-    """Ask the store anything in SQL (DuckDB): the tables are `runs` and `evaluations`.
-
-    Example: mnist-ray query "select run_id, lr, epoch_costs[-1] as cost from runs"
-    """
-    from mnist_ray.query import QueryError, run_sql
-
-    _one_format(as_json, as_csv)
-    try:
-        result, bad = run_sql(Store(store), sql)
-    except QueryError as exc:
-        raise typer.BadParameter(exc.message, param_hint=f"'{spelled(exc.about, query)}'") from None
-    _skipped(bad)
-    rows = result.to_pylist()
-    if as_json:
-        print(output.as_json(rows))
-    elif as_csv:
-        sys.stdout.write(output.as_csv(result.column_names, rows))
-    else:
-        out.print(output.as_table(f"query on {store}", result.column_names, rows))
-
-
-@app.command()
-@friendly("compact")
-def compact(store: StoreOpt = DEFAULT_STORE, as_json: JsonOpt = False) -> None:
-    """Merge each table's row files into one file, so reads stay fast; safe while jobs write.
-
-    Example: mnist-ray compact --store ./mnist-ray-store
-    """
-    from mnist_ray.compact import compact_all
-
-    summaries, bad = compact_all(Store(store))
-    _skipped(bad)
-    _print([output.as_json({"tables": summaries})] if as_json else render.compacted(summaries))
-
-
-@app.command()
-@friendly("compare")
-def compare(
-    runs: Annotated[list[str], typer.Argument(help="Two or more run ids or unique prefixes.")],
-    store: StoreOpt = DEFAULT_STORE,
-    as_json: JsonOpt = False,
-) -> None:
-    """Compare runs: parameters that differ, costs per epoch side by side with each curve,
-    accuracy, and per-class and confusion changes against the first run.
-
-    Example: mnist-ray compare run-20261126-1802 run-20261126-1815
-    """
-    from mnist_ray.compare import compare_runs
-
-    if len(runs) < 2:
-        raise typer.BadParameter("give at least two runs to compare", param_hint="'RUNS'")
-    for r in runs:
-        valid_id(r)
-    c = compare_runs(Store(store), runs)
-    _print([output.as_json(c)] if as_json else render.compared(c))
-
-
-@app.command()
-@friendly("report")
-def report(
-    runs: Annotated[
-        list[str] | None,
-        typer.Argument(help="Run ids or unique prefixes (default: the latest 20 runs)."),
-    ] = None,
-    out_path: Annotated[
-        Path, typer.Option("--out", help="The HTML file to write.", dir_okay=False)
-    ] = Path("report.html"),
-    eval_id: Annotated[
-        str | None,
-        typer.Option("--eval", callback=valid_id, help="Evaluation to show (default: the latest)."),
-    ] = None,
-    store: StoreOpt = DEFAULT_STORE,
-) -> None:
-    """Write one self-contained HTML page: loss curves, accuracy against parameters, the
-    confusion matrix, per-class accuracy, the sample and the misclassified images.
-
-    Example: mnist-ray report --out report.html
-    """
-    from mnist_ray.report import build
-
-    for r in runs or []:
-        valid_id(r)
-    page, bad = build(Store(store), runs, eval_id)
-    _skipped(bad)
-    try:
-        render.write_file(page, out_path)
-    except OSError as exc:
-        fail(f"--out {out_path}: {exc.strerror or exc}")
-    print(out_path)
+for command in cli_store.COMMANDS:
+    app.command()(command)
 
 
 @app.callback(invoke_without_command=True)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import ray
 
-from mnist_ray import checkpoints
+from mnist_ray import checkpoints, liveness, runstate
 from mnist_ray.config import (
     CHECKPOINT_EVERY,
     DEFAULT_MODEL,
@@ -194,16 +194,24 @@ def train_on_ray(
     log: Callable[[str], None] = say,
     checkpoint_every: float = CHECKPOINT_EVERY,
     cpus: int = 1,
+    on_epoch: Callable[[dict], None] | None = None,
+    on_stop: Callable[[], None] | None = None,
 ) -> dict:
     """Run the training task, print each epoch as it streams in; return its outcome.
-    `cpus`: the CPUs the task asks Ray for, and torch's threads in it."""
+    `cpus`: the CPUs the task asks Ray for, and torch's threads in it. `on_epoch(item)`
+    sees each epoch printed; `on_stop()` runs at Ctrl-C before the task is cancelled."""
     num_gpus = gpu_request(gpus, log)
     args = (cfg.to_dict(), ray.put(images), ray.put(labels), store.location, run_id)
     args += (num_gpus > 0, checkpoint_every, cpus)
     options = dict(num_cpus=cpus, num_gpus=num_gpus, name=f"train {run_id}")
-    show = lambda item: log(f"Epoch: {item['epoch']:04d} cost = {item['cost']:.9f}")  # noqa: E731
+
+    def show(item: dict) -> None:
+        log(f"Epoch: {item['epoch']:04d} cost = {item['cost']:.9f}")
+        if on_epoch is not None:
+            on_epoch(item)
+
     if ray.util.client.ray.is_connected():  # ray://: Ray Client has no streaming generators
-        return _train_through_a_queue(args, options, show)
+        return _train_through_a_queue(args, options, show, on_stop)
     stream = train_task.options(num_returns="streaming", **options).remote(*args)
     outcome = None
     try:
@@ -214,6 +222,8 @@ def train_on_ray(
             else:
                 show(item)
     except KeyboardInterrupt:
+        if on_stop is not None:
+            on_stop()
         _cancel([stream], [stream.completed()])
         raise
     except ray.exceptions.RayError as exc:
@@ -234,7 +244,9 @@ def _train_into(progress, *args) -> dict:
 train_into_task = ray.remote(num_cpus=1, max_retries=RETRIES)(_train_into)
 
 
-def _train_through_a_queue(args: tuple, options: dict, show: Callable[[dict], None]) -> dict:
+def _train_through_a_queue(
+    args: tuple, options: dict, show: Callable[[dict], None], on_stop: Callable[[], None] | None
+) -> dict:
     from ray.util.queue import Queue
 
     progress = Queue(actor_options={"num_cpus": 0})  # placed anywhere, holds no CPU
@@ -252,13 +264,18 @@ def _train_through_a_queue(args: tuple, options: dict, show: Callable[[dict], No
         (outcome,) = _gather([ref], "training", tick=lambda _: drain())
         drain()
         return outcome
+    except KeyboardInterrupt:
+        if on_stop is not None:
+            on_stop()
+        raise
     finally:
         ray.kill(progress.actor)
 
 
 def store_run(store: Store, run_id: str, cfg: TrainConfig, outcome: dict, **extra) -> dict:
-    """Write a trained run's weights, then its row (the row last: it is what readers see).
-    `extra`: more columns (sweep_id), or one the caller knows better than the outcome."""
+    """Write a trained run's weights, then its finished row (the row last: it is what
+    readers see; it replaces the run's running row). `extra`: more columns (sweep_id,
+    the run's settings), or one the caller knows better than the outcome (created_at)."""
     weights_uri, sha = store.write_weights(run_id, outcome["weights"])
     columns = dict(
         run_id=run_id,
@@ -279,8 +296,9 @@ def store_run(store: Store, run_id: str, cfg: TrainConfig, outcome: dict, **extr
         peak_rss_mib=outcome["peak_rss_mib"],
         gpu_peak_mib=outcome["gpu_peak_mib"],
         threads=outcome["threads"],
+        status="finished",
     )
-    row = run_row(**columns | extra)
+    row = run_row(**columns | extra | {"updated_at": now()})
     store.write_row("runs", row)
     return row
 
@@ -295,21 +313,38 @@ def train_and_store(
     checkpoint_every: float = CHECKPOINT_EVERY,
     log: Callable[[str], None] = say,
     cpus: int = 1,
+    *,
+    resume: dict | None = None,
+    keep: bool = True,
+    extra: dict | None = None,
+    run_id: str | None = None,
 ) -> dict:
-    """`submit train`: connect, train on Ray, store weights and the run row; returns the row.
-    A failed or interrupted run leaves no row, and its checkpoints are deleted (a run
-    that is not stored can't be resumed)."""
-    run_id = new_id("run")
-    log(f"Training {cfg.model} on {cfg.dataset} for {cfg.epochs} epochs as run {run_id} ...")
-    try:
-        with connect(address, log=log):
-            outcome = train_on_ray(
-                cfg, images, labels, store, run_id, gpus, log, checkpoint_every, cpus
-            )
-    except BaseException:
-        checkpoints.clear(store, run_id)
-        raise
-    row = store_run(store, run_id, cfg, outcome)
+    """`submit train`: the run's `running` row (all it takes to go on), then connect, train,
+    store weights and the finished row; returns that row. `resume`: the row of a run to go
+    on with, from its newest checkpoint. Ctrl-C or SIGTERM leaves the run `interrupted`, an
+    exception `failed`, checkpoints kept; with keep=False (`--discard`) the run is deleted
+    (runstate.py). `extra`: more columns for every row of the run; `run_id`: a new run's id."""
+    run_id = resume["run_id"] if resume else run_id or new_id("run")
+    created = resume["created_at"] if resume else now()
+    settings = dict(run_id=run_id, created_at=created, **cfg.to_dict(), **(extra or {}))
+    settings |= dict(cpus=cpus, gpus=gpus, checkpoint_every=checkpoint_every)
+    costs: list[float] = []  # the epochs seen so far, for the row of a run left unfinished
+    left = runstate.Leaving(store, settings, costs, keep)
+    verb = "Resuming" if resume else "Training"
+    log(f"{verb} {cfg.model} on {cfg.dataset} for {cfg.epochs} epochs as run {run_id} ...")
+    with liveness.Heartbeat(store, run_id):
+        store.write_row("runs", runstate.unfinished(settings, "running", [], None))
+        try:
+            with connect(address, log=log), runstate.sigterm_stops():
+                outcome = train_on_ray(
+                    cfg, images, labels, store, run_id, gpus, log, checkpoint_every, cpus,
+                    on_epoch=lambda item: costs.append(item["cost"]), on_stop=left.interrupted,
+                )  # fmt: skip
+        except BaseException as exc:
+            left.because(exc)
+            raise
+        settled = {k: v for k, v in settings.items() if k != "run_id"}
+        row = store_run(store, run_id, cfg, outcome, **settled)
     checkpoints.clear(store, run_id)
     return row
 

@@ -11,9 +11,11 @@ Writers keep writing one file per row under unique names, so they never collide 
 wait for a compaction. A compaction:
 
 1. lists the table's files and reads them (bad files are left where they are, and named);
-2. writes their rows, one per id, to a new uniquely named file, through a temporary name
-   and a rename, so the merged file appears whole or not at all;
-3. deletes exactly the files it read, and nothing else.
+2. writes their rows, one per id (the newest `updated_at`: a run's final row over its
+   `running` one), to a new uniquely named file, through a temporary name and a rename,
+   so the merged file appears whole or not at all;
+3. deletes exactly the files it read, and nothing else: a file rewritten since it was
+   listed (a run's row replaced by its final row) is left where it is.
 
 A row written during the compaction is in a file the listing did not see: it stays. A
 reader that lists between steps 2 and 3 sees some rows twice, and keeps one per id
@@ -47,9 +49,10 @@ def compact(store: Store, table: str) -> dict:
         files = store.list(table, ".parquet")
         if len(files) < 2:
             return _nothing(table, files, [])
+        listed = _stamps(store, files)  # before reading: a later rewrite changes the stamp
         con = connect()
         try:
-            bad = load(con, store, table, SCHEMAS[table].names, files=files)
+            bad = load(con, store, table, SCHEMAS[table].names, files=files, live=False)
         except Vanished:
             continue  # another compaction merged some of these: list again
         done = {uri for uri, _ in bad}
@@ -59,8 +62,10 @@ def compact(store: Store, table: str) -> dict:
         order = f"created_at, {KEYS[table]}"
         merged = con.sql(f"SELECT * FROM {table} ORDER BY {order}").to_arrow_table()
         uri = _write(store, table, merged.cast(SCHEMAS[table]))
+        now_stamps = _stamps(store, inputs)
         for relpath in inputs:
-            _delete(store, relpath)
+            if now_stamps.get(relpath) == listed.get(relpath):  # else a newer row: it stays
+                _delete(store, relpath)
         return {
             "table": table,
             "files": len(files),
@@ -83,6 +88,16 @@ def compact_all(store: Store) -> tuple[list[dict], Bad]:
     # rewrites while it runs, so there is nothing to merge (and a merged copy would go stale).
     summaries = [compact(store, t) for t in ("runs", "evaluations")]
     return summaries, [b for s in summaries for b in s["bad"]]
+
+
+def _stamps(store: Store, relpaths: list[str]) -> dict[str, tuple]:
+    """Each file's (modification time, size): a row file rewritten in place (a run's
+    final row over its running row, same name) gets a new stamp."""
+    try:
+        infos = store.fs.get_file_info([store.path(f) for f in relpaths])
+    except (OSError, pa.ArrowException):
+        return {}  # no stamps to compare: the files read are deleted, as before
+    return {f: (i.mtime_ns, i.size) for f, i in zip(relpaths, infos, strict=True) if i.size}
 
 
 def _write(store: Store, table: str, merged: pa.Table) -> str:

@@ -28,13 +28,16 @@ PARAMS = [f.name for f in dataclasses.fields(TrainConfig) if f.name in RUNS.name
 METRICS = ["last_cost", "best_cost", "accuracy", "device", "train_seconds"]
 EVAL_COLUMNS = ["eval_id", "run_id", "created_at", "dataset", "shards", "accuracy", "correct"]
 EVAL_COLUMNS += ["total", "eval_seconds"]
-RUN_READ = ["run_id", "created_at", *PARAMS, "device", "epoch_costs", "train_seconds"]
+RUN_READ = ["run_id", "created_at", *PARAMS, "device", "epoch_costs", "train_seconds", "failure"]
 
-# One row per run: its parameters, costs, and the accuracy of its latest evaluation.
+# One row per run: its parameters, costs, and the accuracy of its latest evaluation; a run
+# that is not finished has no final cost (its epoch_costs are the epochs done so far).
 RUNS_VIEW = f"""
 SELECT r.run_id, r.created_at, {", ".join(f"r.{p}" for p in PARAMS)},
-       r.epoch_costs[-1] AS last_cost, list_min(r.epoch_costs) AS best_cost,
-       e.accuracy, e.eval_id, r.device, r.train_seconds
+       CASE WHEN r.status = 'finished' THEN r.epoch_costs[-1] END AS last_cost,
+       CASE WHEN r.status = 'finished' THEN list_min(r.epoch_costs) END AS best_cost,
+       e.accuracy, e.eval_id, r.device, r.train_seconds,
+       r.status, r.checkpoint_epoch, r.failure
 FROM runs r LEFT JOIN (
     SELECT run_id, arg_max(accuracy, created_at) AS accuracy, arg_max(eval_id, created_at) AS eval_id
     FROM evaluations GROUP BY run_id
@@ -93,6 +96,8 @@ def listing(
     same = {} if len(runs) < 2 else differing(runs, PARAMS)[1]
     shown = [c for c in PARAMS if c not in same or all_columns]
     run_columns = ["run_id", "created_at", *shown, *METRICS]
+    if any(r["status"] != "finished" for r in runs):
+        run_columns.append("status")  # rendered as "interrupted at epoch 3"
     return Listing(runs, run_columns, same, evals, bad, total)
 
 
@@ -153,20 +158,23 @@ def compare_runs(store: Store, run_ids: list[str]) -> dict:
     }
     differ, same = differing(runs, PARAMS)
     costs = [r["epoch_costs"] or [] for r in runs]
+    final = [c if r["status"] == "finished" else [] for r, c in zip(runs, costs, strict=True)]
     flat = [c for cs in costs for c in cs]
     low, high = (min(flat), max(flat)) if flat else (0.0, 1.0)
     summary = []
-    for r, cs in zip(runs, costs, strict=True):
+    for r, cs, done in zip(runs, costs, final, strict=True):
         e = latest.get(r["run_id"])
         summary.append(
             {
                 "run_id": r["run_id"],
                 **{p: r[p] for p in differ},
-                "last_cost": cs[-1] if cs else None,
-                "best_cost": min(cs) if cs else None,
+                "last_cost": done[-1] if done else None,
+                "best_cost": min(done) if done else None,
                 "accuracy": e["accuracy"] if e else None,
                 "eval_id": e["eval_id"] if e else None,
                 "curve": sparkline(cs, low, high),
+                "status": r["status"],
+                "checkpoint_epoch": r.get("checkpoint_epoch"),
             }
         )
     return {

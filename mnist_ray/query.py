@@ -14,8 +14,11 @@ filesystem into Arrow tables that DuckDB then queries: DuckDB reaches S3 only th
 httpfs extension, which it downloads on first use, and the build machines can't download it.
 
 Every table is read once into memory, so a command's queries see one snapshot. Rows are
-deduplicated by id, because `compact` writes its merged file before it deletes the files
-it merged: a reader that lists in between sees those rows twice. A file that vanishes
+deduplicated by id, the newest `updated_at` kept: `compact` writes its merged file before
+it deletes the files it merged, so a reader that lists in between sees those rows twice,
+and a run's `running` row, once compacted, stands beside its newer final row. A `running`
+run that nothing runs any more reads as `interrupted` (mnist_ray/liveness.py), and every
+run that is not finished gets `checkpoint_epoch`, its newest checkpoint's epoch. A file that vanishes
 while it is read was merged by `compact`, whose merged file already exists: the read
 starts over. A file that can't be read is named in `bad` and skipped.
 
@@ -33,8 +36,9 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mnist_ray import liveness
 from mnist_ray.config import check_id, first_line
-from mnist_ray.schema import KEYS, OPTIONAL, READ_AS, SCHEMAS
+from mnist_ray.schema import KEYS, OPTIONAL, READ_AS, RUN_SETTINGS, SCHEMAS
 from mnist_ray.store import Store, StoreError
 
 TABLES = tuple(SCHEMAS)
@@ -109,11 +113,14 @@ def load(
     names: list[str],
     files: list[str] | None = None,
     where: str | None = None,
+    live: bool = True,
 ) -> Bad:
     """Create DuckDB table `table` from the store's row files (or just `files`, relative
-    paths, as `compact` does); returns the bad files."""
+    paths, as `compact` does); returns the bad files. `live`: runs as they stand now
+    (liveness.settle); `compact` keeps the rows as written."""
     key = KEYS[table]
-    names = [key, *[n for n in names if n != key]]
+    state = ["status", "updated_at"] if table == "runs" else []  # which row is newest
+    names = [key, *[n for n in names if n != key and n not in state], *state]
     bad: Bad = []
     for _ in range(ATTEMPTS):
         listed = files if files is not None else store.list(table, ".parquet")
@@ -128,6 +135,8 @@ def load(
                 _materialize(con, raw, table, names, where)
             bad += _drop_incomplete(con, store, table)
             _dedupe(con, table)
+            if table == "runs" and live:
+                liveness.settle(con, store)
             return bad
         except Vanished:
             if files is not None:
@@ -256,6 +265,10 @@ def _required_nulls(con, table: str) -> str:
     """SQL true for a row missing a required column that was read."""
     have = {r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()}
     required = [n for n in SCHEMAS[table].names if n not in OPTIONAL and n in have]
+    if table == "runs" and "status" in have:  # an unfinished run holds only its settings
+        nulls = [f"{n} IS NULL" if n in RUN_SETTINGS else f"({n} IS NULL AND status = 'finished')"
+                 for n in required]  # fmt: skip
+        return " OR ".join(nulls) or "false"
     return " OR ".join(f"{n} IS NULL" for n in required) or "false"
 
 
@@ -294,10 +307,13 @@ def _drop_incomplete(con, store: Store, table: str) -> Bad:
 
 
 def _dedupe(con, table: str) -> None:
-    """One row per id: a row can be in its own file and in a compacted file for a moment."""
+    """One row per id, the newest: a row can be in its own file and in a compacted file for
+    a moment, and a compacted run row beside the newer row its run wrote since."""
+    have = {r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()}
+    newest = "updated_at DESC NULLS LAST, " if "updated_at" in have else ""
     con.execute(
         f"CREATE OR REPLACE TABLE {table} AS SELECT * EXCLUDE (_file) FROM {table} "
-        f"QUALIFY row_number() OVER (PARTITION BY {KEYS[table]} ORDER BY _file) = 1"
+        f"QUALIFY row_number() OVER (PARTITION BY {KEYS[table]} ORDER BY {newest}_file) = 1"
     )
 
 

@@ -91,9 +91,18 @@ def same_in_every_run(same: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in present.items())
 
 
+def status(run: dict) -> str:
+    """A run's status for a person: `interrupted at epoch 3` (its newest checkpoint)."""
+    text = run.get("status") or "finished"
+    if text != "finished" and run.get("checkpoint_epoch"):
+        text += f" at epoch {run['checkpoint_epoch']}"
+    return text + (f": {run['failure']}" if run.get("failure") else "")
+
+
 def results(location: str, view, eval_columns: list[str]) -> list[Table]:
     """`results`: the runs (parameters that differ, costs, accuracy) and their evaluations."""
-    table = as_table(f"runs in {location}", view.run_columns, view.runs)
+    runs = [r | {"status": status(r)} for r in view.runs]
+    table = as_table(f"runs in {location}", view.run_columns, runs)
     same = same_in_every_run(view.same)
     hidden = view.total - len(view.runs)
     lines = [
@@ -109,7 +118,11 @@ def compared(c: dict) -> list:
     """`compare`: the runs side by side, costs per epoch, and changes against the first run."""
     ids = [r["run_id"] for r in c["runs"]]
     columns = ["run_id", *c["differ"], "last_cost", "best_cost", "accuracy", "curve"]
-    pieces: list = [as_table("runs compared", columns, c["runs"])]
+    runs = c["runs"]
+    if any(r.get("status", "finished") != "finished" for r in runs):
+        columns.append("status")
+        runs = [r | {"status": status(r)} for r in runs]
+    pieces: list = [as_table("runs compared", columns, runs)]
     if same := same_in_every_run(c["same"]):
         pieces.append(f"same in every run: {same}")
     epochs = [{"epoch": e["epoch"]} | {i: cell("cost", e[i]) for i in ids} for e in c["epochs"]]

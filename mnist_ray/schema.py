@@ -44,8 +44,20 @@ RUNS = pa.schema(
         ("model", pa.string()),  # a name in model.py's registry: softmax, mlp, cnn, ...
         ("optimizer", pa.string()),  # sgd or adam
         ("threads", pa.int32()),  # torch's threads in the training task; null on a GPU
+        # The run's state: a row is written when training starts (running) and replaced
+        # as it ends (finished, interrupted, failed); readers keep the newest per run_id.
+        ("updated_at", pa.timestamp("us", tz="UTC")),
+        ("status", pa.string()),  # running, finished, interrupted, failed
+        ("failure", pa.string()),  # a failed run's cause, one line
+        # What `submit train --resume` needs besides the TrainConfig columns above:
+        ("cpus", pa.int32()),  # CPUs the training task asked for (torch's threads on a CPU)
+        ("gpus", pa.string()),  # the --gpus request: auto, 0 or 1
+        ("checkpoint_every", pa.float64()),  # seconds between checkpoints
     ]
 )
+# A run's identity and settings, in every row of it; the rest (what training produced)
+# is null until the run is finished.
+RUN_SETTINGS = ["run_id", "created_at", "dataset", "epochs", "batch_size", "lr", "seed"]
 
 EVALUATIONS = pa.schema(
     [
@@ -102,10 +114,16 @@ KEYS = {"runs": "run_id", "evaluations": "eval_id", "sweeps": "sweep_id"}  # one
 OPTIONAL = {"peak_rss_mib", "gpu_peak_mib", "shard_peak_rss_mib", "sweep_id"}
 OPTIONAL |= {f"misclassified_{c}" for c in ("index", "label", "prediction", "pixels")}
 OPTIONAL |= {"model", "optimizer", "threads"}
+OPTIONAL |= {"updated_at", "status", "failure", "cpus", "gpus", "checkpoint_every"}
 # What a null means in a column added after the first release, where it has a meaning:
 # every run before models was the tutorial's softmax regression trained by plain SGD.
 # The readers (query.py) fill these in, so no other module sees such a null.
-READ_AS = {("runs", "model"): "softmax", ("runs", "optimizer"): "sgd"}
+# Every run before statuses was stored when it finished.
+READ_AS = {
+    ("runs", "model"): "softmax",
+    ("runs", "optimizer"): "sgd",
+    ("runs", "status"): "finished",
+}
 
 
 class RowError(ValueError):
