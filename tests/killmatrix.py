@@ -578,11 +578,15 @@ class Matrix:
         assert hashlib.sha256(weights.read_bytes()).hexdigest() == row["weights_sha256"]
         sha = tensors_sha256(weights)
         assert sha == reference, f"weights sha256 {sha[:16]} != uninterrupted {reference[:16]}"
-        visible = [p for p in store.rglob("*") if p.is_file() and not p.name.startswith(".")]
-        tmp = [str(p) for p in visible if p.name.endswith(".tmp")]
-        assert not tmp, f"temporary files under visible names: {tmp}"
-        ckpt = [str(p) for p in visible if "checkpoints" in p.parts]
-        assert not ckpt, f"checkpoints of a finished run left: {ckpt}"
+        # what a reader sees: the row and the weights; no checkpoint, driver file or
+        # temporary file (those live under '.' names until moved into place)
+        visible = sorted(
+            str(p.relative_to(store))
+            for p in store.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(store).parts)
+        )
+        expected = [f"runs/{run_id}.parquet", f"weights/{run_id}.safetensors"]
+        assert visible == expected, f"the store holds {visible}, expected {expected}"
 
         for cmd in cmds:
             with contextlib.suppress(AssertionError):
