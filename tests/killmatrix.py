@@ -207,6 +207,12 @@ class Command:
             if pid not in self.seen and stats[pid][3]:
                 self.seen[pid] = (stats[pid][3], _cmdline(pid))
 
+    def save(self, path: Path) -> None:
+        """Its stdout and stderr so far, for a look after a failure."""
+        path.write_text(
+            "\n".join([f"$ mnist-ray {' '.join(self.args)}", *self.out, "--", *self.err])
+        )
+
     def wait(self, timeout: float = COMMAND) -> int:
         try:
             code = self.proc.wait(timeout=timeout)
@@ -451,10 +457,12 @@ class Matrix:
             self.log(f"uninterrupted run {run_id}: weights sha256 {self._reference[:16]}")
         return self._reference
 
-    def close(self) -> None:
+    def close(self, keep: bool = False) -> None:
+        """Stop the head; delete the work folder unless `keep` (to look at a failure)."""
         if self._head is not None:
             self._head.stop()
-        shutil.rmtree(self.work, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(self.work, ignore_errors=True)
 
     # -- a case --------------------------------------------------------------------------------
     def run(self, case: Case) -> str:
@@ -498,8 +506,9 @@ class Matrix:
                 assert row["attempts"] >= 2, f"attempts {row['attempts']}: no retry happened"
             return ended
         finally:
-            for cmd in cmds:
+            for n, cmd in enumerate(cmds):
                 cmd.end()
+                cmd.save(folder / f"command-{n}.log")
             subreaper(False)
             (self.holds / "release").touch()
             if marker:
@@ -534,11 +543,10 @@ class Matrix:
         said = cmd.said()
         if case.what == "worker":
             assert code == 0, f"Ray's retry did not finish the run (exit {code}):\n{said}"
-        if case.what == "driver-int":
-            assert code in (0, 130), f"Ctrl-C: exit {code}:\n{said}"
-            if code == 130:
-                resume = f"mnist-ray submit train --resume {run_id}"
-                assert resume in cmd.text(), f"Ctrl-C: stderr does not say {resume!r}:\n{said}"
+        if case.what == "driver-int":  # held at the moment, the run can't have finished
+            assert code == 130, f"Ctrl-C: exit {code}:\n{said}"
+            resume = f"mnist-ray submit train --resume {run_id}"
+            assert resume in cmd.text(), f"Ctrl-C: stderr does not say {resume!r}:\n{said}"
         assert "Traceback" not in cmd.text(), said
 
     def _job_over(self, cmd: Command, env: dict[str, str]) -> None:
@@ -634,7 +642,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(f"ok   {c}: finished {ended} ({time.monotonic() - started:.0f} s)", flush=True)
     finally:
-        matrix.close()
+        matrix.close(keep=bool(failed))
+    if failed:
+        print(f"the failed cases' commands and store: {matrix.work}/case-K/")
     print(f"kill matrix: seed {seed}: {len(todo) - len(failed)} passed, {len(failed)} failed")
     for c in failed:
         print(f"  rerun: python -m tests.killmatrix --seed {seed} --case {c.index}  # {c}")
