@@ -166,9 +166,9 @@ def evaluate(
     EvalConfig(shards).validate()
     target = _store_or_submit(ctx, address, store, wait)
     target.check_exists()  # a mistyped path is said so, not taken for an empty store
-    from mnist_ray.query import find_run
+    from mnist_ray.resuming import evaluable
 
-    found = find_run(target, run)
+    found = evaluable(target, run)  # a finished run: the latest one when --run is not given
     from mnist_ray import data
     from mnist_ray.cluster import evaluate_and_store, read_weights
 

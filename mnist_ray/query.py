@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from mnist_ray import liveness
 from mnist_ray.config import check_id, first_line
-from mnist_ray.schema import KEYS, OPTIONAL, READ_AS, RUN_SETTINGS, SCHEMAS
+from mnist_ray.schema import KEYS, READ_AS, RUN_SETTINGS, SCHEMAS, optional
 from mnist_ray.store import Store, StoreError
 
 TABLES = tuple(SCHEMAS)
@@ -120,7 +120,8 @@ def load(
     (liveness.settle); `compact` keeps the rows as written."""
     key = KEYS[table]
     state = ["status", "updated_at"] if table == "runs" else []  # which row is newest
-    names = [key, *[n for n in names if n != key and n not in state], *state]
+    names = [key, *[n for n in names if n != key]]
+    names += [n for n in state if n not in names]
     bad: Bad = []
     for _ in range(ATTEMPTS):
         listed = files if files is not None else store.list(table, ".parquet")
@@ -209,7 +210,7 @@ def _remote_scan(con, store: Store, relpaths: list[str], table: str, bad: Bad):
         except (OSError, pa.ArrowException) as exc:
             return first_line(exc)
         missing = set(schema.names) - set(got.column_names)
-        if required := missing - OPTIONAL:
+        if required := missing - optional(table):
             return f"not a {table} file: missing {', '.join(sorted(required))}"
         for name in missing:
             got = got.append_column(name, pa.nulls(len(got), schema.field(name).type))
@@ -264,7 +265,7 @@ def _materialize(con, raw, table: str, names: list[str], where: str | None = Non
 def _required_nulls(con, table: str) -> str:
     """SQL true for a row missing a required column that was read."""
     have = {r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()}
-    required = [n for n in SCHEMAS[table].names if n not in OPTIONAL and n in have]
+    required = [n for n in SCHEMAS[table].names if n not in optional(table) and n in have]
     if table == "runs" and "status" in have:  # an unfinished run holds only its settings
         nulls = [f"{n} IS NULL" if n in RUN_SETTINGS else f"({n} IS NULL AND status = 'finished')"
                  for n in required]  # fmt: skip
@@ -283,7 +284,7 @@ def _incomplete(con, table: str) -> bool:
 def _drop_incomplete(con, store: Store, table: str) -> Bad:
     """Files whose rows lack a required column (not a file of this table): named, dropped."""
     have = {r[0] for r in con.execute(f"DESCRIBE {table}").fetchall()}
-    required = [n for n in SCHEMAS[table].names if n not in OPTIONAL and n in have]
+    required = [n for n in SCHEMAS[table].names if n not in optional(table) and n in have]
     nulls = _required_nulls(con, table)
     suspects = [
         r[0]

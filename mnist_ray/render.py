@@ -92,11 +92,12 @@ def same_in_every_run(same: dict) -> str:
 
 
 def status(run: dict) -> str:
-    """A run's status for a person: `interrupted at epoch 3` (its newest checkpoint)."""
+    """A run's status for a person: `interrupted at epoch 3` (its newest checkpoint; a
+    failed run's cause is in --json and --csv, too long for a table cell)."""
     text = run.get("status") or "finished"
     if text != "finished" and run.get("checkpoint_epoch"):
         text += f" at epoch {run['checkpoint_epoch']}"
-    return text + (f": {run['failure']}" if run.get("failure") else "")
+    return text
 
 
 def results(location: str, view, eval_columns: list[str]) -> list[Table]:

@@ -16,7 +16,7 @@ import dataclasses
 import shlex
 
 from mnist_ray.config import TrainConfig
-from mnist_ray.query import find_run
+from mnist_ray.query import find_run, read_rows
 from mnist_ray.store import Store
 from mnist_ray.ui import Gpus, fail, spelled
 
@@ -52,6 +52,21 @@ def resumable(store: Store, wanted: str, options: dict[str, tuple[str, object]])
     return run
 
 
+def evaluable(store: Store, wanted: str | None) -> dict:
+    """The run `evaluate --run` names, refused unless finished (no other has weights); with
+    no --run, the latest finished run."""
+    if wanted is None:
+        finished = [r for r in read_rows(store, "runs")[0] if r["status"] == "finished"]
+        return find_run(store, None, runs=finished)
+    run = find_run(store, wanted)
+    if run["status"] != "finished":
+        fail(
+            f"--run {wanted}: run {run['run_id']} is {run['status']} and has no weights; "
+            f"finish it with `mnist-ray submit train --resume {run['run_id']}`"
+        )
+    return run
+
+
 def settings(run: dict, gpus: Gpus, cpus: int, checkpoint_every: float):
     """(TrainConfig, gpus, cpus, checkpoint_every) of the run; a setting its row lacks (a
     run stored before it was recorded) is the command line's."""
@@ -68,6 +83,10 @@ def interrupted(ctx, run_id: str, discard: bool) -> str:
         return f"interrupted: run {run_id} discarded (its row and checkpoints deleted)"
     words = ["mnist-ray", "submit", "train", "--resume", run_id]
     for name in ("store", "address"):
-        if ctx.params.get(name) is not None and ctx.get_parameter_source(name).name in GIVEN:
+        # Typed, not from the environment: a job's driver has RAY_ADDRESS set by Ray.
+        if (
+            ctx.params.get(name) is not None
+            and ctx.get_parameter_source(name).name == "COMMANDLINE"
+        ):
             words += [f"--{name}", str(ctx.params[name])]
     return f"interrupted: run {run_id} kept with its checkpoints; go on with: {shlex.join(words)}"

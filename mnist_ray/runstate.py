@@ -95,10 +95,14 @@ class Leaving:
         self._write("interrupted", None)
 
     def because(self, exc: BaseException) -> None:
-        """Training ended with `exc`: interrupted (Ctrl-C, SIGTERM, exit) or failed."""
+        """Training ended with `exc`: interrupted (Ctrl-C, SIGTERM, exit) or failed. A
+        request refused before any training (an error naming the option: `--gpus 1` on a
+        cluster without a GPU, an `--address` nothing answers at) was bad input, not a
+        run: it leaves nothing, as bad input never does."""
+        refused = isinstance(exc, NamedError) and exc.about is not None
         if isinstance(exc, KeyboardInterrupt | SystemExit):
             self.interrupted()
-        else:
+        elif not refused:
             self._write("failed", failure(exc))
-        if not self.keep:
+        if refused or not self.keep:
             discard(self.store, self.settings["run_id"])

@@ -115,6 +115,15 @@ OPTIONAL = {"peak_rss_mib", "gpu_peak_mib", "shard_peak_rss_mib", "sweep_id"}
 OPTIONAL |= {f"misclassified_{c}" for c in ("index", "label", "prediction", "pixels")}
 OPTIONAL |= {"model", "optimizer", "threads"}
 OPTIONAL |= {"updated_at", "status", "failure", "cpus", "gpus", "checkpoint_every"}
+# Names optional in one table and required in another: a sweep row always has its status.
+REQUIRED = {"sweeps": {"updated_at", "status"}}
+
+
+def optional(table: str) -> set[str]:
+    """The columns of `table` a row may leave out, and a file may lack."""
+    return OPTIONAL - REQUIRED.get(table, set())
+
+
 # What a null means in a column added after the first release, where it has a meaning:
 # every run before models was the tutorial's softmax regression trained by plain SGD.
 # The readers (query.py) fill these in, so no other module sees such a null.
@@ -137,7 +146,7 @@ def make_row(table: str, values: dict) -> dict:
     unknown = [k for k in values if k not in names]
     if unknown:
         raise RowError(f"{table} row: unknown {_columns(unknown)} (not in the {table} schema)")
-    missing = [n for n in names if n not in values and n not in OPTIONAL]
+    missing = [n for n in names if n not in values and n not in optional(table)]
     if missing:
         raise RowError(f"{table} row: missing {_columns(missing)}")
     return {n: values.get(n) for n in names}

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import faults
+import pyarrow.parquet as pq
 import pytest
 import ray
 from conftest import stored_run
@@ -379,7 +380,9 @@ def test_training_retries_exhausted_is_one_clear_line(local, tmp_path):
         _, stderr = proc.communicate(timeout=60)
     assert len(killed) == 1 + RETRIES
     _assert_gave_up(proc.returncode, stderr, "training")
-    assert _parquet_files(store, "runs") == []
+    (row,) = pq.read_table(_parquet_files(store, "runs")[0]).to_pylist()  # the run, failed
+    assert row["status"] == "failed" and f"after {RETRIES} retries" in row["failure"]
+    assert row["weights_sha256"] is None and list((store / "weights").glob("*")) == []
 
 
 def test_evaluation_retries_exhausted_is_one_clear_line(local, tmp_path):
@@ -447,7 +450,7 @@ def test_node_lost_during_evaluation(local, test_split, tmp_path):
 
 def test_ctrl_c_cancels_the_training_task(local, tmp_path):
     store = tmp_path / "store"
-    command = ("submit", "train", "--epochs", "500", "--checkpoint-every", "0")
+    command = ("submit", "train", "--epochs", "500", "--checkpoint-every", "0", "--discard")
     with running(local.cli(*command, "--store", str(store))) as proc:
         first = _wait(
             lambda: next((store / "checkpoints").glob("run-*/epoch-00000001*"), None), "epoch 1"
@@ -458,7 +461,7 @@ def test_ctrl_c_cancels_the_training_task(local, tmp_path):
         )[0]
         stderr = ctrl_c(proc)
     assert proc.returncode == 130, stderr
-    assert "interrupted" in stderr and "cancelled" in stderr
+    assert f"interrupted: run {run_id} discarded" in stderr
     assert "Traceback" not in stderr
     _wait(lambda: not local.tasks(name=f"train {run_id}", state="RUNNING"), "no running task", 30)
     _wait(lambda: not _alive(task.worker_pid), "the training worker to exit", 30)
