@@ -246,8 +246,10 @@ class Command:
         return left
 
     def raylet(self) -> int | None:
-        for pid, (started, title) in list(self.seen.items()):
-            if "/raylet/raylet" in title.split(" ")[0] and _stat(pid)[3] == started:
+        """The embedded raylet, by its command line now (when first seen, a process may
+        not have exec'd yet, and still bear its parent's)."""
+        for pid, (started, _) in list(self.seen.items()):
+            if "/raylet/raylet" in _cmdline(pid).split(" ")[0] and _stat(pid)[3] == started:
                 return pid
         return None
 
