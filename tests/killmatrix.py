@@ -168,6 +168,10 @@ class Command:
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,  # as a shell runs a job: Ctrl-C goes to the whole group
+            # and as a terminal's foreground job, with Ctrl-C's default disposition: a
+            # harness started in the background (`cmd &`) has SIGINT ignored, and passes
+            # that on, which would make every Ctrl-C case a no-op
+            preexec_fn=_sigint_default,
         )
         self.pid = self.proc.pid
         self.marker = marker
@@ -263,6 +267,10 @@ class Command:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=10)
         reap()
+
+
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def until(what: str, check, timeout: float = STEP, cmd: Command | None = None, every=0.05):
