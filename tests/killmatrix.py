@@ -73,6 +73,7 @@ RUN_ID = re.compile(r"as run (run-\d{8}-\d{6}-[0-9a-f]{6})")
 JOB_ID = re.compile(r"raysubmit_\w+")
 STEP = 60.0  # the bound of a wait for one thing that should come soon
 COMMAND = 300.0  # the bound of one `submit train` on a loaded machine
+LINGER = 120.0  # the bound for what a killed command leaves to end by itself
 
 
 @dataclass(frozen=True)
@@ -611,9 +612,12 @@ class Matrix:
         expected = [f"runs/{run_id}.parquet", f"weights/{run_id}.safetensors"]
         assert visible == expected, f"the store holds {visible}, expected {expected}"
 
+        # The raylet's agents outlive a SIGKILLed driver's raylet until they notice (Ray
+        # checks the parent five times, then reports to the GCS, which is gone too): on a
+        # loaded machine that took over 30 s, so they are given LINGER.
         for cmd in cmds:
             with contextlib.suppress(AssertionError):
-                until("the case's processes gone", lambda c=cmd: (reap(), not c.live())[1], 30)
+                until("the case's processes gone", lambda c=cmd: (reap(), not c.live())[1], LINGER)
             assert not cmd.live(), f"left running after `{cmd.args[:3]}`: {cmd.live()}"
         return row
 
