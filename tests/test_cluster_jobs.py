@@ -369,3 +369,58 @@ def test_the_readmes_token_lines_work_and_the_message_names_the_ways(ray_cli_clu
     default_file = mnist_ray([*args, "--json"], env | {"RAY_AUTH_MODE": "token"})
     row = _json_stdout(default_file)  # RAY_AUTH_MODE=token and the default file: enough
     assert row["epochs"] == 1
+
+
+def test_a_run_stopped_through_ray_client_resumes_through_it_bit_identically(
+    ray_cli_cluster, tmp_path
+):
+    """`ray://`: Ctrl-C leaves the run interrupted, `--resume` goes on through Ray Client
+    (whose training comes through a queue, not a streaming generator) to the costs and
+    weights of the same run never interrupted."""
+    import os
+    import signal
+
+    cluster, _ = ray_cli_cluster
+    env = client_env(tmp_path, RAY_AUTH_TOKEN=cluster.token)
+    train = ["submit", "train", "--epochs", "3", "--checkpoint-every", "0", "--gpus", "0"]
+    client = ["--address", cluster.client]
+
+    def run(args, store):
+        got = subprocess.run(
+            [f"{VENV_BIN}/mnist-ray", *args, "--store", str(store), "--json"],
+            env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert got.returncode == 0, got.stderr
+        return json.loads(got.stdout)
+
+    whole = run([*train, *client], tmp_path / "whole")
+    store = tmp_path / "stopped"
+    driver = subprocess.Popen(
+        [f"{VENV_BIN}/mnist-ray", *train, *client, "--store", str(store)],
+        env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        seen = []
+        for line in driver.stderr:  # bounded by the wait below if it never comes
+            seen.append(line)
+            if line.startswith("Epoch: 0002"):
+                os.killpg(driver.pid, signal.SIGINT)  # a terminal's Ctrl-C
+                break
+        rest = driver.stderr.read()
+        assert driver.wait(timeout=120) == 130, "".join(seen) + rest
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    (stopped,) = read_rows(Store(str(store)), "runs")[0]
+    assert stopped["status"] == "interrupted", "".join(seen) + rest
+    assert f"--resume {stopped['run_id']}" in rest
+
+    done = run(["submit", "train", "--resume", stopped["run_id"], *client], store)
+    assert done["run_id"] == stopped["run_id"] and done["status"] == "finished"
+    assert done["epoch_costs"] == whole["epoch_costs"]
+    ours, theirs = (
+        Store(str(s)).read_weights(r) for s, r in ((store, done), (tmp_path / "whole", whole))
+    )
+    assert all(ours[k].tobytes() == theirs[k].tobytes() for k in theirs)
+    assert [r["run_id"] for r in read_rows(Store(str(store)), "runs")[0]] == [done["run_id"]]
