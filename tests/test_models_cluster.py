@@ -10,10 +10,11 @@ declaring one GPU, token auth on. One cluster serves both ways, so the suite sta
 once. Each model trains on the node that declares the GPU (the head declares none, so only
 that node can take the training task; without CUDA it trains there on the CPU), then
 evaluates at 1, 3 and 4 shards with the same counts, accuracy and sample; with one CPU a
-node, the shards of 3 and 4 run on both nodes. All seven models go the HOST:PORT way;
-softmax and cnn the Jobs API way too, at 1 and 4 shards (a job costs seconds more than a
+node, the shards of 3 and 4 run on both nodes. All seven models go the HOST:PORT way,
+and the Jobs API way too, there at 1 and 4 shards (a job costs seconds more than a
 driver). `show`, `compare` (two models side by side) and `report` read the store the
-cluster wrote.
+cluster wrote. All seven also go the embedded way, through the CLI in this process on the
+session's local Ray, at 1, 3 and 4 shards.
 
 A CNN epoch over the 60,000 images takes 25-45 s on a small CPU, and every command here
 is a new driver with new Ray workers, so the data is small: the first 1,000 training
@@ -33,7 +34,7 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import client_env, mnist_ray, write_idx
+from conftest import client_env, ensure_ray, mnist_ray, write_idx
 from typer.testing import CliRunner
 
 from mnist_ray.cli import app
@@ -161,11 +162,30 @@ def test_a_model_trains_on_the_gpu_node_and_evaluates_alike_via_host_port(via_gc
     trains_on_the_gpu_node_and_evaluates_alike(via_gcs, model)
 
 
-@pytest.mark.parametrize("model", ["softmax", "cnn"])
+@pytest.mark.parametrize("model", MODELS)
 def test_a_model_trains_on_the_gpu_node_and_evaluates_alike_via_the_jobs_api(via_jobs, model):
     """1 and 4 shards: each command is a job here, several seconds more than a driver, and
     the job's driver on the head runs the same code as one here (3 shards: above)."""
     trains_on_the_gpu_node_and_evaluates_alike(via_jobs, model, shards=(1, 4))
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_a_model_trains_and_evaluates_alike_embedded(small_data, tmp_path, model):
+    """The laptop's way: no --address, the CLI in this process on the session's Ray."""
+    ensure_ray()
+    where = ["--store", str(tmp_path), "--data-dir", str(small_data), "--json"]
+
+    def cli(*args: str) -> dict:
+        got = CliRunner().invoke(app, [*args, *where], catch_exceptions=False)
+        assert got.exit_code == 0, got.output[-3000:]
+        return json.loads(got.stdout)
+
+    run = cli("submit", "train", "--model", model, "--epochs", "1", "--dataset", "fashion-mnist")
+    assert (run["model"], run["status"], len(run["epoch_costs"])) == (model, "finished", 1)
+    evaluations = [cli("evaluate", "--run", run["run_id"], "--shards", str(n)) for n in SHARDS]
+    assert all(e["run_id"] == run["run_id"] and e["total"] == TEST_IMAGES for e in evaluations)
+    assert evaluations[0]["correct"] > TEST_IMAGES // 10  # trained, better than chance
+    assert [outcome(e) for e in evaluations] == [outcome(evaluations[0])] * len(SHARDS)
 
 
 def test_show_compare_and_report_read_what_the_cluster_wrote(via_gcs, tmp_path):
