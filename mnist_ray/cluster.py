@@ -7,8 +7,8 @@
 
 Resources sit on the remote definitions: training is one task (`--cpus` CPUs, and
 `num_gpus=1` when the cluster has a GPU) that streams its epochs back as it runs,
-evaluation one `num_cpus=1` task per shard. Inputs go into the object store once (`ray.put`) and every task gets
-references; the driver submits everything, then gathers. The arithmetic lives in
+evaluation one `num_cpus=1` task per shard, spread over the nodes. Inputs go into the
+object store once (`ray.put`) and every task gets references; the driver submits everything, then gathers. The arithmetic lives in
 train.py and evaluate.py; nothing here computes.
 """
 
@@ -367,8 +367,11 @@ def evaluate_on_ray(
     counts and the nodes that ran them."""
     w, x, y = ray.put(weights), ray.put(images), ray.put(labels)  # once, shared by all shards
     shipped = usermodel.task_options(model)  # a user's model: its code; built-in: nothing
+    # SPREAD: Ray's default prefers the node holding the arguments (the test set, put here),
+    # which queues every shard on the driver's node while the others idle.
+    spread = dict(scheduling_strategy="SPREAD", **shipped)
     refs = [
-        shard_task.options(name=f"shard {start}:{stop}", **shipped).remote(
+        shard_task.options(name=f"shard {start}:{stop}", **spread).remote(
             w, x, y, start, stop, sample, model
         )
         for start, stop in shard_bounds(len(labels), shards)
