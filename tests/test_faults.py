@@ -475,20 +475,19 @@ def test_ctrl_c_cancels_the_training_task(local, tmp_path):
 # ---- impossible requests fail fast ------------------------------------------------------------
 
 
-def test_gpus_1_on_a_cpu_only_cluster_fails_fast(local, tmp_path):
-    proc = local.cli("submit", "train", "--epochs", "1", "--gpus", "1", "--store", str(tmp_path))
-    _, stderr = proc.communicate(timeout=60)  # a task waiting for a GPU would never end
-    assert proc.returncode == 1
-    assert "--gpus 1: the Ray cluster has no GPU" in stderr
-    assert "Traceback" not in stderr
-    assert _parquet_files(tmp_path, "runs") == []
-
-
-def test_more_cpus_than_any_node_has_fails_fast(local, tmp_path):
-    proc = local.cli("submit", "train", "--epochs", "1", "--cpus", "64", "--store", str(tmp_path))
+@pytest.mark.parametrize(
+    "option, said",
+    [
+        (("--gpus", "1"), "--gpus 1: the Ray cluster has no GPU"),
+        (("--cpus", "64"), "--cpus 64: no node of the Ray cluster has 64 CPUs"),
+    ],
+    ids=["gpus_1_on_a_cpu_only_cluster", "more_cpus_than_any_node_has"],
+)
+def test_a_request_no_node_can_take_fails_fast(local, tmp_path, option, said):
+    proc = local.cli("submit", "train", "--epochs", "1", *option, "--store", str(tmp_path))
     _, stderr = proc.communicate(timeout=60)  # a task no node can take would wait forever
     assert proc.returncode == 1
-    assert "--cpus 64: no node of the Ray cluster has 64 CPUs" in stderr
+    assert said in stderr
     assert "Traceback" not in stderr
     assert _parquet_files(tmp_path, "runs") == []
 
