@@ -184,9 +184,16 @@ def train_on_ray(
     options = dict(num_cpus=cpus, num_gpus=num_gpus, name=f"train {run_id}")
     options |= usermodel.task_options(cfg.model)  # a user's model: its code, shipped
 
+    shown = [0]
+
     def show(item: dict) -> None:
+        # Once each: a retried attempt yields again the epochs it restored (the stream
+        # drops them by position; the queue of a ray:// run hands them on).
+        if item["epoch"] <= shown[0]:
+            return
+        shown[0] = item["epoch"]
+        on_epoch(item)  # before the line: an epoch the user saw is in the row Ctrl-C leaves
         log(f"Epoch: {item['epoch']:04d} cost = {item['cost']:.9f}")
-        on_epoch(item)
 
     if ray.util.client.ray.is_connected():  # ray://: Ray Client has no streaming generators
         return _train_through_a_queue(args, options, show, on_stop)
@@ -226,14 +233,10 @@ def _train_through_a_queue(args: tuple, options: dict, show: Callable, on_stop: 
 
     progress = Queue(actor_options={"num_cpus": 0})  # placed anywhere, holds no CPU
     ref = train_into_task.options(**options).remote(progress, *args)
-    shown = 0
 
     def drain() -> None:
-        nonlocal shown
         for item in progress.get_nowait_batch(progress.qsize()):
-            if item["epoch"] > shown:  # a retried attempt re-sends the epochs it restored
-                show(item)
-                shown = item["epoch"]
+            show(item)  # once each epoch, though a retried attempt re-sends those it restored
 
     try:
         (outcome,) = _gather([ref], "training", tick=lambda _: drain())

@@ -43,8 +43,22 @@ class _Stdout(Console):
         return ConsoleDimensions(PIPE_WIDTH, size.height)
 
 
+class _Stderr(Console):
+    """stderr, where a line Ctrl-C interrupts is written at most once: rich empties its
+    buffer after the write returns, so a KeyboardInterrupt raised between the two (the
+    line already out) left it there, and the next print (`interrupted: ...`) wrote it again."""
+
+    def _write_buffer(self) -> None:
+        try:
+            super()._write_buffer()
+        except BaseException:
+            with self._lock:
+                del self._buffer[:]
+            raise
+
+
 out = _Stdout(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+err = _Stderr(stderr=True, highlight=False, soft_wrap=True)
 
 
 # What Ctrl-C leaves behind, for the commands that run Ray tasks; others say "interrupted".

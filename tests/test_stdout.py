@@ -17,6 +17,7 @@ from mnist_ray.query import read_rows
 from mnist_ray.session import one_line_notice
 from mnist_ray.store import Store
 from mnist_ray.streams import LogSplitter, _Framed, marker
+from mnist_ray.ui import _Stderr
 
 WORKER_DIED = (
     "\x1b[33m(raylet)\x1b[0m A worker died or was killed while executing a task by an "
@@ -32,6 +33,28 @@ def test_a_worker_died_notice_is_one_line():
     assert "\n" not in line and "\x1b" not in line
     assert line.startswith("(raylet) A worker died or was killed")
     assert "pid 4242" in line and "SYSTEM_ERROR" in line
+
+
+class _CtrlCAfterWrite(io.StringIO):
+    """A terminal where Ctrl-C lands just after a line went out: the first flush raises."""
+
+    pressed = False
+
+    def flush(self):
+        if not self.pressed:
+            self.pressed = True
+            raise KeyboardInterrupt
+
+
+def test_a_line_ctrl_c_interrupts_is_not_written_again():
+    screen = _CtrlCAfterWrite()
+    err = _Stderr(file=screen, highlight=False, soft_wrap=True)
+    try:
+        err.print("Epoch: 0002 cost = 0.359577745")
+    except KeyboardInterrupt:
+        err.print("interrupted: run kept")
+    assert screen.pressed
+    assert screen.getvalue() == "Epoch: 0002 cost = 0.359577745\ninterrupted: run kept\n"
 
 
 def test_framed_lines_come_back_apart_from_the_log_in_any_chunking():
