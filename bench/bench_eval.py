@@ -34,9 +34,10 @@ import torch
 
 from bench import running_head  # bench/ is this script's folder, so first on sys.path
 from mnist_ray.cluster import evaluate_on_ray
+from mnist_ray.config import IMAGE_SHAPE, MICRO_BATCH
 from mnist_ray.data import load
-from mnist_ray.evaluate import MICRO_BATCH, evaluate_shard, logits, sample_index, shard_bounds
-from mnist_ray.model import IMAGE_SHAPE, get_model, weight_shapes
+from mnist_ray.evaluate import evaluate_shard, logits, sample_index, shard_bounds
+from mnist_ray.model import get_model, weight_shapes
 from mnist_ray.session import connect
 
 TOTAL = 10_000

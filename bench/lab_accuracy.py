@@ -21,9 +21,10 @@ import sys
 
 import torch
 
+from mnist_ray.config import IMAGE_SHAPE
 from mnist_ray.data import load
 from mnist_ray.evaluate import evaluate_shard
-from mnist_ray.model import IMAGE_SHAPE, weight_shapes, with_weights
+from mnist_ray.model import weight_shapes, with_weights
 from mnist_ray.query import find_run, read_rows
 from mnist_ray.store import Store
 

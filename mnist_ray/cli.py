@@ -170,13 +170,16 @@ def evaluate(
 
     found = evaluable(target, run)  # a finished run: the latest one when --run is not given
     from mnist_ray import data
-    from mnist_ray.cluster import evaluate_and_store, read_weights
+    from mnist_ray.artifact import scoring
+    from mnist_ray.cluster import evaluate_and_store
 
-    weights = read_weights(target, found)  # checked against the run's model's shapes
+    weights, onnx = scoring(target, found)  # its exported model, else its checked weights
 
     images, labels = data.load(found["dataset"], "test", data_dir)
     target.check_writable()
-    row = evaluate_and_store(found, weights, images, labels, target, address, shards, err.print)
+    row = evaluate_and_store(
+        found, weights, images, labels, target, address, shards, err.print, onnx
+    )  # fmt: skip
     _print([output.as_json(row)] if as_json else render.evaluated(row))
 
 

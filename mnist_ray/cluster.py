@@ -20,12 +20,10 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import ray
 
-from mnist_ray import checkpoints, liveness, runstate, usermodel
+from mnist_ray import artifact, checkpoints, liveness, runstate, usermodel
 from mnist_ray.config import (
     CHECKPOINT_EVERY,
-    DEFAULT_MODEL,
     RETRIES,
-    WEIGHT_SHAPES,
     TrainConfig,
     first_line,
 )
@@ -41,7 +39,7 @@ from mnist_ray.output import say
 from mnist_ray.placement import training_request
 from mnist_ray.schema import evaluation_row, run_row
 from mnist_ray.session import connect
-from mnist_ray.store import Store, StoreError, new_id, now
+from mnist_ray.store import Store, new_id, now
 from mnist_ray.taskinfo import current_attempt, peak_rss_mib, where
 
 __all__ = [
@@ -140,6 +138,7 @@ def training_stream(
     yield {
         "outcome": {
             "weights": result.weights,
+            "onnx": artifact.export(config.model, result.weights),  # what the shards score with
             "epoch_costs": result.epoch_costs,
             "train_seconds": result.seconds,
             "device": result.device,
@@ -253,6 +252,8 @@ def store_run(store: Store, run_id: str, cfg: TrainConfig, outcome: dict, /, **e
     """Write a trained run's weights, then its finished row, which replaces its running row.
     `extra`: more columns (sweep_id, the run's settings), or one known better (created_at)."""
     weights_uri, sha = store.write_weights(run_id, outcome["weights"])
+    onnx = outcome.get("onnx")
+    onnx_sha = store.write_artifact(run_id, onnx) if onnx is not None else None
     columns = dict(
         run_id=run_id,
         created_at=now(),
@@ -267,6 +268,7 @@ def store_run(store: Store, run_id: str, cfg: TrainConfig, outcome: dict, /, **e
         attempts=outcome["attempts"],  # None in a Tune trial: sweep.py counts those itself
         weights_uri=weights_uri,
         weights_sha256=sha,
+        onnx_sha256=onnx_sha,
         torch_version=outcome["torch_version"],
         ray_version=ray.__version__,
         peak_rss_mib=outcome["peak_rss_mib"],
@@ -327,27 +329,10 @@ def train_and_store(
 # ---- evaluation -------------------------------------------------------------------------------
 
 
-def read_weights(store: Store, run: dict) -> dict[str, np.ndarray]:
-    """The run's weights, checked against its model's names and shapes. The softmax
-    model's are config.WEIGHT_SHAPES (tests/test_model.py holds them equal to its
-    module's), so the classic job's driver never imports torch; another model's shapes
-    come from its module (model.py imports torch); a user's file model's from its text
-    kept in the row (model_source), so the file itself is no longer needed."""
-    if run["model"] == DEFAULT_MODEL:
-        return store.read_weights(run, WEIGHT_SHAPES)
-    from mnist_ray.model import weight_shapes
-
-    if usermodel.is_user(run["model"]):
-        try:
-            usermodel.restore_run(run)
-        except usermodel.ModelError as exc:
-            raise StoreError(f"run {run['run_id']}: {exc.line()}") from None
-
-    return store.read_weights(run, weight_shapes(run["model"]))
-
-
-def _shard_task(weights, images, labels, start: int, stop: int, sample: int, model: str) -> dict:
-    part = evaluate_shard(weights, images, labels, start, stop, sample, model=model)
+def _shard_task(
+    weights, images, labels, start: int, stop: int, sample: int, model: str, onnx: bytes | None
+) -> dict:
+    part = evaluate_shard(weights, images, labels, start, stop, sample, model=model, onnx=onnx)
     part["node_id"] = ray.get_runtime_context().get_node_id()
     part["peak_rss_mib"] = peak_rss_mib()
     return part
@@ -364,18 +349,21 @@ def evaluate_on_ray(
     sample: int,
     log: Callable[[str], None] = say,
     model: str = "softmax",
+    onnx: bytes | None = None,
 ) -> dict:
     """One CPU task per contiguous shard, each running `model` (a registry name, or a
-    user's spec, whose code the tasks get in their runtime_env) with `weights`; the merged
-    counts and the nodes that ran them."""
+    user's spec, whose code the tasks get in their runtime_env) with `weights`, or the
+    run's exported model `onnx` instead; the merged counts and the nodes that ran them."""
     w, x, y = ray.put(weights), ray.put(images), ray.put(labels)  # once, shared by all shards
-    shipped = usermodel.task_options(model)  # a user's model: its code; built-in: nothing
+    o = ray.put(onnx)
+    # A user's model: its code; a built-in one, or an exported one: nothing.
+    shipped = usermodel.task_options(model) if onnx is None else {}
     # SPREAD: Ray's default prefers the node holding the arguments (the test set, put here),
     # which queues every shard on the driver's node while the others idle.
     spread = dict(scheduling_strategy="SPREAD", **shipped)
     refs = [
         shard_task.options(name=f"shard {start}:{stop}", **spread).remote(
-            w, x, y, start, stop, sample, model
+            w, x, y, start, stop, sample, model, o
         )
         for start, stop in shard_bounds(len(labels), shards)
     ]
@@ -403,13 +391,15 @@ def evaluate_and_store(
     address: str | None,
     shards: int,
     log: Callable[[str], None] = say,
+    onnx: bytes | None = None,
 ) -> dict:
-    """`evaluate`: connect, evaluate the run's weights on Ray, write the evaluation row."""
+    """`evaluate`: connect, evaluate the run's weights (or its exported model: artifact.scoring)
+    on Ray, write the evaluation row."""
     sample = sample_index(run["seed"], len(labels))
     log(f"Evaluating run {run['run_id']} ({run['model']}) on {shards} shard(s) ...")
     started = time.perf_counter()
     with connect(address, log=log):
-        merged = evaluate_on_ray(weights, images, labels, shards, sample, log, run["model"])
+        merged = evaluate_on_ray(weights, images, labels, shards, sample, log, run["model"], onnx)
     s = merged["sample"]
     row = evaluation_row(
         eval_id=new_id("eval"),
@@ -430,6 +420,7 @@ def evaluate_and_store(
         eval_seconds=time.perf_counter() - started,
         node_ids=merged["node_ids"],
         shard_peak_rss_mib=merged["shard_peak_rss_mib"],
+        engine=merged["engine"],
         **misclassified_columns(merged),
     )
     store.write_row("evaluations", row)

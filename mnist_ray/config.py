@@ -16,6 +16,8 @@ TEST_SIZE = 10_000  # both datasets have 10,000 test images
 MAX_SHARDS = TEST_SIZE  # one image per shard at most
 IN_FEATURES = 28 * 28  # one flattened image
 NUM_CLASSES = 10  # digits 0..9 (or the ten Fashion-MNIST classes)
+IMAGE_SHAPE = (1, 28, 28)  # what every model takes per image: one channel, 28x28, 0..1
+MICRO_BATCH = 100  # images per forward call in evaluation, aligned to test-set positions
 # What a weights file must hold, name -> shape; checked on every load (no torch needed).
 WEIGHT_SHAPES = {"weight": (NUM_CLASSES, IN_FEATURES), "bias": (NUM_CLASSES,)}
 # Each built-in model's training defaults, from the course program it reproduces (model.py

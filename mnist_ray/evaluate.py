@@ -5,9 +5,11 @@
              for start, stop in shard_bounds(len(labels), 4)]
     merge(parts)["accuracy"]        # 0.9226 for the tutorial's softmax weights
 
-The scores are the model's own forward (model.py), in torch, under `torch.no_grad()`
-in eval mode (no dropout). Test pixels are scaled to 0..1 exactly as in training (the
-tutorial fed them as 0..255 and printed 0.8883; the right figure is 0.9226).
+The scores are the model's own forward (model.py) in eval mode (no dropout): its graph
+exported after training, in ONNX Runtime, for a run that has one (artifact.py: every
+built-in model's run since the export came), else the module in torch under
+`torch.no_grad()`. Test pixels are scaled to 0..1 exactly as in training (the tutorial
+fed them as 0..255 and printed 0.8883; the right figure is 0.9226).
 
 A float32 forward can give an image slightly different scores depending on how many
 images share the call (a convolution or a matrix product picks its blocking by batch
@@ -15,8 +17,8 @@ size), so images go through in fixed micro-batches of MICRO_BATCH aligned to the
 positions in the whole test set: image i is always scored in the batch
 [100*(i//100), 100*(i//100)+100). A shard whose ends fall inside such a batch scores
 the whole batch and keeps its own rows. So every image's scores, every count and the
-sample are identical for every shard count. torch is imported on the first call, not
-with this module: the driver imports it without evaluating anything.
+sample are identical for every shard count. Neither torch nor onnxruntime is imported
+with this module, only by the path that scores: the driver evaluates nothing.
 """
 
 from __future__ import annotations
@@ -27,13 +29,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mnist_ray.config import NUM_CLASSES
+from mnist_ray import artifact
+from mnist_ray.config import IMAGE_SHAPE, MICRO_BATCH, NUM_CLASSES
 
 if TYPE_CHECKING:
     from torch import nn
 
 MISCLASSIFIED_KEPT = 25  # the first misclassified test images an evaluation keeps, for the report
-MICRO_BATCH = 100  # images per forward call, aligned to test-set positions (see above)
 
 
 def shard_bounds(total: int, shards: int) -> list[tuple[int, int]]:
@@ -55,32 +57,51 @@ def softmax(z: np.ndarray) -> np.ndarray:
 
 
 def logits(
-    weights: dict[str, np.ndarray],
+    weights: dict[str, np.ndarray] | None,
     images: np.ndarray,
     start: int = 0,
     stop: int | None = None,
     model: str | nn.Module = "softmax",
+    onnx: bytes | None = None,
 ) -> np.ndarray:
     """The model's float32 scores for images[start:stop] (uint8, the whole test set in
-    `images`), each computed in its aligned micro-batch. `model`: a name in model.py's
-    registry, or an nn.Module to load `weights` into."""
-    import torch
-
-    from mnist_ray.model import IMAGE_SHAPE, with_weights
-
+    `images`), each computed in its aligned micro-batch. `onnx`: the run's exported
+    model (artifact.py), scored by ONNX Runtime; else `model`, a name in model.py's
+    registry or an nn.Module, holding `weights`, in torch."""
     stop = len(images) if stop is None else stop
     first = start // MICRO_BATCH * MICRO_BATCH
     last = min(len(images), -(-stop // MICRO_BATCH) * MICRO_BATCH)
+    score = artifact.scorer(onnx) if onnx is not None else _torch_scorer(model, weights)
+    scores = [np.zeros((0, NUM_CLASSES), dtype=np.float32)]
+    scores += [score(images[a : a + MICRO_BATCH]) for a in range(first, last, MICRO_BATCH)]
+    return np.concatenate(scores)[start - first : stop - first]
+
+
+def _torch_scorer(model: str | nn.Module, weights: dict[str, np.ndarray]):
+    """The module's own forward, in torch, under no_grad: uint8 pixels -> float32 scores."""
+    import torch
+
+    from mnist_ray.model import with_weights
+
     module = with_weights(model, weights)
-    scores = [torch.zeros((0, NUM_CLASSES))]
-    with torch.no_grad(), warnings.catch_warnings():
-        # Arrays from Ray's object store are read-only; the forward only reads them.
-        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
-        for a in range(first, last, MICRO_BATCH):
-            pixels = torch.from_numpy(np.ascontiguousarray(images[a : a + MICRO_BATCH]))
-            x = pixels.view(-1, *IMAGE_SHAPE) / 255  # ToTensor's float(pixel) / 255
-            scores.append(module(x).float())
-    return torch.cat(scores)[start - first : stop - first].numpy()
+
+    def score(pixels: np.ndarray) -> np.ndarray:
+        with torch.no_grad(), warnings.catch_warnings():
+            # Arrays from Ray's object store are read-only; the forward only reads them.
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            x = torch.from_numpy(np.ascontiguousarray(pixels)).view(-1, *IMAGE_SHAPE) / 255
+            return module(x).float().numpy()  # ToTensor's float(pixel) / 255, as in training
+
+    return score
+
+
+def engine(onnx: bytes | None) -> str:
+    """What scores the images: ONNX Runtime for an exported model, else torch."""
+    if onnx is not None:
+        return artifact.engine()
+    import torch
+
+    return f"torch {torch.__version__}"
 
 
 def evaluate_shard(
@@ -91,14 +112,16 @@ def evaluate_shard(
     stop: int | None = None,
     sample: int | None = None,
     model: str | nn.Module = "softmax",
+    onnx: bytes | None = None,
 ) -> dict:
     """Counts for images[start:stop] of the whole test set `images`: correct, total, and
     this shard's contribution to the 10x10 confusion matrix (row = true label, column =
     prediction). If the test-set index `sample` falls in the shard, its prediction and
-    probabilities come back too. `model`: a registry name, or an nn.Module."""
+    probabilities come back too. `model`: a registry name, or an nn.Module; `onnx`: the
+    run's exported model, scored instead (artifact.py), `weights` then unused."""
     stop = len(labels) if stop is None else stop
     x, y = images[start:stop], np.asarray(labels[start:stop], dtype=np.int64)
-    z = logits(weights, images, start, stop, model)
+    z = logits(weights, images, start, stop, model, onnx)
     predicted = z.argmax(axis=1)
     confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
     np.add.at(confusion, (y, predicted), 1)
@@ -110,6 +133,7 @@ def evaluate_shard(
         "confusion": confusion.tolist(),
         "sample": None,
         "misclassified": _misclassified(x, y, predicted, start),
+        "engine": engine(onnx),
     }
     if sample is not None and start <= sample < stop:
         i = sample - start
@@ -148,6 +172,7 @@ def merge(parts: list[dict]) -> dict:
         "confusion": confusion.reshape(-1).tolist(),
         "sample": samples[0] if samples else None,
         "misclassified": wrong,
+        "engine": ", ".join(sorted({p.get("engine") or "torch" for p in parts})),
     }
 
 

@@ -32,8 +32,6 @@ from torch import nn
 from mnist_ray import usermodel
 from mnist_ray.config import IN_FEATURES, MODEL_DEFAULTS, NUM_CLASSES
 
-IMAGE_SHAPE = (1, 28, 28)  # what every model takes per image: one channel, 28x28, 0..1
-
 
 class SoftmaxRegression(nn.Linear):
     """The classic tutorial (lab-07-4): `nn.Linear(784, 10, bias=True)` on the flattened

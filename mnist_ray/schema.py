@@ -56,6 +56,9 @@ RUNS = pa.schema(
         ("cpus", pa.int32()),  # CPUs the training task asked for (torch's threads on a CPU)
         ("gpus", pa.string()),  # the --gpus request: auto, 0 or 1
         ("checkpoint_every", pa.float64()),  # seconds between checkpoints
+        # The model exported to ONNX after training (weights/<run_id>.onnx, artifact.py),
+        # what the shards score with; null for a user's model and for older runs.
+        ("onnx_sha256", pa.string()),
     ]
 )
 # A run's identity and settings, in every row of it; the rest (what training produced)
@@ -89,6 +92,7 @@ EVALUATIONS = pa.schema(
         # Each image its 784 bytes, 28x28 row-major: a byte string per image reads and
         # writes many times faster than a list of 784 numbers.
         ("misclassified_pixels", pa.list_(pa.binary())),
+        ("engine", pa.string()),  # what scored the images: "onnxruntime 1.32.0", "torch 2.14.1"
     ]
 )
 
@@ -118,6 +122,7 @@ OPTIONAL = {"peak_rss_mib", "gpu_peak_mib", "shard_peak_rss_mib", "sweep_id"}
 OPTIONAL |= {f"misclassified_{c}" for c in ("index", "label", "prediction", "pixels")}
 OPTIONAL |= {"model", "optimizer", "threads", "model_source"}
 OPTIONAL |= {"updated_at", "status", "failure", "cpus", "gpus", "checkpoint_every"}
+OPTIONAL |= {"onnx_sha256", "engine"}
 # Names optional in one table and required in another: a sweep row always has its status.
 REQUIRED = {"sweeps": {"updated_at", "status"}}
 

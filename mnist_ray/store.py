@@ -11,6 +11,7 @@ Layout, readable by any Parquet reader (pyarrow.dataset, pandas, DuckDB, Spark):
     <store>/runs/<run_id>.parquet                 one row per training run
     <store>/evaluations/<eval_id>.parquet         one row per evaluation
     <store>/weights/<run_id>.safetensors          the trained weights, no pickle
+    <store>/weights/<run_id>.onnx                 the model exported for the shards (artifact.py)
     <store>/sweeps/<sweep_id>.parquet             one row per sweep: definition, status, best
     <store>/checkpoints/<run_id>/epoch-00000003.safetensors   state while training (8 digits)
 
@@ -174,6 +175,27 @@ class Store:
         data = encode_tensors(weights, {"run_id": run_id})
         uri = self.write_bytes(f"weights/{check_id(run_id)}.safetensors", data)
         return uri, hashlib.sha256(data).hexdigest()
+
+    def write_artifact(self, run_id: str, data: bytes) -> str:
+        """Save a run's exported model (artifact.py) beside its weights; returns its sha256."""
+        self.write_bytes(f"weights/{check_id(run_id)}.onnx", data)
+        return hashlib.sha256(data).hexdigest()
+
+    def read_artifact(self, run: dict) -> bytes | None:
+        """The run's exported model, refused unless it hashes to the row's onnx_sha256;
+        None for a run that has none (a user's model, an older run)."""
+        if not run.get("onnx_sha256"):
+            return None
+        relpath = f"weights/{check_id(run['run_id'])}.onnx"
+        data = self.read_bytes(relpath)
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != run["onnx_sha256"]:
+            raise StoreError(
+                f"{self.uri(relpath)}: sha256 {digest[:12]}... does not match run "
+                f"{run['run_id']} ({run['onnx_sha256'][:12]}...); the file was changed, "
+                "refusing to load it"
+            )
+        return data
 
     def read_weights(
         self, run: dict, shapes: dict[str, tuple[int, ...]] = WEIGHT_SHAPES

@@ -289,7 +289,8 @@ def _progress(total: int):
 
 def _evaluate(store: Store, sweep_id: str, spec: dict, data_dir, log) -> None:
     """Every trial run without an evaluation, on the sharded evaluator; one row each."""
-    from mnist_ray.cluster import evaluate_and_store, read_weights
+    from mnist_ray.artifact import scoring
+    from mnist_ray.cluster import evaluate_and_store
 
     evaluated = {e["run_id"] for e in read_rows(store, "evaluations")[0]}
     runs = [r for r in sweep_runs(store, sweep_id) if r["run_id"] not in evaluated]
@@ -297,6 +298,8 @@ def _evaluate(store: Store, sweep_id: str, spec: dict, data_dir, log) -> None:
         return
     images, labels = data.load(spec["dataset"], "test", data_dir)
     for run in runs:  # on the connected Ray: evaluate_and_store's connect() reuses it
-        weights = read_weights(store, run)  # checked against the run's model's shapes
-        row = evaluate_and_store(run, weights, images, labels, store, None, spec["shards"], log)
+        weights, onnx = scoring(store, run)  # its exported model, else its checked weights
+        row = evaluate_and_store(
+            run, weights, images, labels, store, None, spec["shards"], log, onnx
+        )  # fmt: skip
         log(f"Evaluated {run['run_id']}: accuracy {row['accuracy']:.4f}")

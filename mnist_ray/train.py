@@ -50,8 +50,8 @@ import torch
 from torch import nn
 
 from mnist_ray.checkpoints import Checkpoint
-from mnist_ray.config import TrainConfig, first_line
-from mnist_ray.model import IMAGE_SHAPE, get_model
+from mnist_ray.config import IMAGE_SHAPE, TrainConfig, first_line
+from mnist_ray.model import get_model
 
 
 @dataclass

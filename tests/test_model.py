@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mnist_ray import model
-from mnist_ray.config import MODEL_DEFAULTS, WEIGHT_SHAPES, ConfigError, TrainConfig
+from mnist_ray.config import IMAGE_SHAPE, MODEL_DEFAULTS, WEIGHT_SHAPES, ConfigError, TrainConfig
 from mnist_ray.evaluate import evaluate_shard, merge
 from mnist_ray.train import train
 
@@ -33,7 +33,7 @@ def test_every_model_scores_images_and_counts_its_parameters(name):
     torch.manual_seed(0)
     module = model.get_model(name).eval()
     with torch.no_grad():
-        scores = module(torch.rand(5, *model.IMAGE_SHAPE))
+        scores = module(torch.rand(5, *IMAGE_SHAPE))
     assert scores.shape == (5, 10) and scores.dtype == torch.float32
     assert model.parameter_count(name) == PARAMETERS[name]
     shapes = {k: tuple(v.shape) for k, v in module.state_dict().items()}

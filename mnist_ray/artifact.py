@@ -1,0 +1,124 @@
+"""What evaluation scores with: a built-in model's trained module exported once to ONNX,
+in the training task, so that shard tasks score with ONNX Runtime and never import torch;
+else (a user's model, an older run) the run's weights, in torch.
+
+    data = export("cnn", weights)        # the training task (torch is loaded there)
+    score = scorer(data)                 # a shard task: onnxruntime only
+    score(pixels)                        # (n <= 100, 784) uint8 -> (n, 10) float32 scores
+    weights, onnx = scoring(store, run)  # the evaluate driver: one of the two, checked
+
+Why: a fresh shard worker spends 1.5-2.5 s importing torch before its first image, and
+more on a busy node, where onnxruntime imports in 0.1 s; a CNN's forward is faster there
+too (bench/bench_eval.py). The graph is the module's own forward, traced by
+torch.onnx.export (no layer is written a second time), for a fixed batch of MICRO_BATCH
+images: every image is still scored in its aligned micro-batch (evaluate.py), so results
+do not depend on the shard count. The scores agree with torch's to about 1e-5 (float32
+sums taken in another order), and every built-in model's counts are torch's
+(tests/test_artifact.py).
+
+Only the built-in models are exported. A user's module may branch in Python on its input,
+which a trace would freeze into the graph without a word; its shards run its own forward
+in torch.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+
+from mnist_ray import usermodel
+from mnist_ray.config import (
+    DEFAULT_MODEL,
+    IMAGE_SHAPE,
+    IN_FEATURES,
+    MICRO_BATCH,
+    NUM_CLASSES,
+    WEIGHT_SHAPES,
+)
+from mnist_ray.store import Store, StoreError
+
+
+def engine() -> str:
+    """What scores an exported model's images, as an evaluation row records it."""
+    import onnxruntime
+
+    return f"onnxruntime {onnxruntime.__version__}"
+
+
+def export(model: str, weights: dict[str, np.ndarray]) -> bytes | None:
+    """The built-in `model` holding `weights`, as ONNX bytes for a batch of MICRO_BATCH
+    images (float32, 0..1) to their (MICRO_BATCH, 10) scores. None for a user's model
+    (see above), or where the exporter is not installed: its shards then use torch."""
+    if usermodel.is_user(model):
+        return None
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export needs it)
+    except ImportError:
+        return None
+    import torch
+
+    from mnist_ray.model import with_weights
+
+    module = with_weights(model, weights)  # on the CPU, in eval mode (no dropout)
+    example = torch.zeros((MICRO_BATCH, *IMAGE_SHAPE))
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():  # the exporter's notices are about its own future
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, (example,), buffer, dynamo=False, input_names=["images"], output_names=["scores"]
+        )  # fmt: skip
+    return buffer.getvalue()
+
+
+def scorer(data: bytes) -> Callable[[np.ndarray], np.ndarray]:
+    """Scores for up to MICRO_BATCH images at a time (uint8 pixels, one row each), on one
+    thread: a shard task holds one CPU, and the thread count is part of the arithmetic."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+    def score(pixels: np.ndarray) -> np.ndarray:
+        n = len(pixels)
+        x = np.zeros((MICRO_BATCH, IN_FEATURES), dtype=np.float32)  # a short batch: padded
+        x[:n] = pixels.reshape(n, IN_FEATURES)
+        x /= np.float32(255)  # ToTensor's float(pixel) / 255, bit for bit
+        (scores,) = session.run(None, {"images": x.reshape(MICRO_BATCH, *IMAGE_SHAPE)})
+        return scores[:n].reshape(n, NUM_CLASSES)
+
+    return score
+
+
+# ---- what a run is evaluated with, from the store -------------------------------------------
+
+
+def read_weights(store: Store, run: dict) -> dict[str, np.ndarray]:
+    """The run's weights, checked against its model's names and shapes. The softmax
+    model's are config.WEIGHT_SHAPES (tests/test_model.py holds them equal to its
+    module's), so the classic job's driver never imports torch; another model's shapes
+    come from its module (model.py imports torch); a user's file model's from its text
+    kept in the row (model_source), so the file itself is no longer needed."""
+    if run["model"] == DEFAULT_MODEL:
+        return store.read_weights(run, WEIGHT_SHAPES)
+    from mnist_ray.model import weight_shapes
+
+    if usermodel.is_user(run["model"]):
+        try:
+            usermodel.restore_run(run)
+        except usermodel.ModelError as exc:
+            raise StoreError(f"run {run['run_id']}: {exc.line()}") from None
+
+    return store.read_weights(run, weight_shapes(run["model"]))
+
+
+def scoring(store: Store, run: dict) -> tuple[dict[str, np.ndarray] | None, bytes | None]:
+    """What the shards evaluate `run` with, as (weights, onnx): its exported model
+    (export), checked against the row's sha256, when it has one (the weights are not
+    read then, and the driver imports no torch); else its weights (read_weights)."""
+    onnx = store.read_artifact(run)
+    return (None, onnx) if onnx is not None else (read_weights(store, run), None)
