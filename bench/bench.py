@@ -75,8 +75,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def cli(args: list[str], env: dict) -> tuple[float, float, dict, list[tuple[float, str]]]:
-    """Run `mnist-ray ARGS --json`: seconds, the driver's peak RSS in MiB, the stored row,
+def cli(
+    args: list[str], env: dict, cwd: str | None = None
+) -> tuple[float, float, dict, list[tuple[float, str]]]:
+    """Run `mnist-ray ARGS --json` (in `cwd`): seconds, the driver's peak RSS in MiB, the stored row,
     and each stderr line with the second it arrived (where the time goes). The driver's
     peak is read from /proc while it runs (VmHWM only grows): getrusage's figure for a
     child would include this big process, which it was forked from."""
@@ -84,6 +86,7 @@ def cli(args: list[str], env: dict) -> tuple[float, float, dict, list[tuple[floa
     proc = subprocess.Popen(
         ["mnist-ray", *args, "--json"],
         env=env,
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
