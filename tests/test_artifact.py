@@ -50,7 +50,9 @@ def test_the_tutorial_run_scores_as_in_torch(tutorial_run, mnist_test):
 def test_every_built_in_model_scores_as_its_torch_forward(name, mnist_test):
     images = mnist_test[0][:1000]
     weights = fresh_weights(name)
-    ours = logits(None, images, onnx=artifact.export(name, weights))
+    onnx = artifact.export(name, weights)
+    assert onnx is not None, f"{name}: not exported (export() keeps a failure quiet)"
+    ours = logits(None, images, onnx=onnx)
     torchs = logits(weights, images, model=name)
     assert ours.shape == torchs.shape == (1000, 10) and ours.dtype == np.float32
     assert np.allclose(ours, torchs, rtol=1e-4, atol=1e-5), np.abs(ours - torchs).max()
