@@ -41,14 +41,20 @@ def relpath(run_id: str) -> str:
     return f"{FOLDER}/{check_id(run_id)}.json"
 
 
-def _started(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), to tell a reused pid."""
+def proc_stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat's fields after the command's name (Linux): state first, then the
+    parent's pid, ...; None once the process is gone (or where there is no /proc)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
         return None
-    return None if fields[0] == "Z" else fields[19]  # a zombie has ended already
+
+
+def _started(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), to tell a reused pid."""
+    fields = proc_stat(pid)
+    return None if not fields or fields[0] == "Z" else fields[19]  # a zombie has ended
 
 
 class Heartbeat:

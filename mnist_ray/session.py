@@ -42,6 +42,7 @@ from pathlib import Path
 import ray
 
 from mnist_ray.errors import ClusterError, token_error
+from mnist_ray.liveness import proc_stat
 from mnist_ray.output import say
 
 MIN_RAY = (2, 52)  # token authentication (ray._private.authentication) arrived in 2.52
@@ -247,10 +248,8 @@ def _ray_below(me: int, spare: Collection[int] = ()) -> set[int]:
 
 
 def _stat(pid: int) -> tuple[str, int]:  # (state letter, parent pid); ("", 0) once gone
-    with contextlib.suppress(OSError, IndexError, ValueError):  # the fields after name's ")"
-        state, ppid = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:2]
-        return state, int(ppid)
-    return "", 0
+    fields = proc_stat(pid)
+    return (fields[0], int(fields[1])) if fields else ("", 0)
 
 
 def _is_rays(pid: int) -> bool:
