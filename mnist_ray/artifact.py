@@ -123,7 +123,11 @@ def read_weights(store: Store, run: dict) -> dict[str, np.ndarray]:
 
 def scoring(store: Store, run: dict) -> tuple[dict[str, np.ndarray] | None, bytes | None]:
     """What the shards evaluate `run` with, as (weights, onnx): its exported model
-    (export), checked against the row's sha256, when it has one (the weights are not
-    read then, and the driver imports no torch); else its weights (read_weights)."""
+    (export), checked against the row's sha256, when it has one (the weights are then
+    only checked against theirs, not loaded, and the driver imports no torch); else its
+    weights (read_weights). A changed file is refused whichever of the two scores."""
     onnx = store.read_artifact(run)
-    return (None, onnx) if onnx is not None else (read_weights(store, run), None)
+    if onnx is None:
+        return read_weights(store, run), None
+    store.check_weights(run)
+    return None, onnx

@@ -186,16 +186,23 @@ class Store:
         None for a run that has none (a user's model, an older run)."""
         if not run.get("onnx_sha256"):
             return None
-        relpath = f"weights/{check_id(run['run_id'])}.onnx"
+        return self._checked(f"weights/{check_id(run['run_id'])}.onnx", run, "onnx_sha256")
+
+    def _checked(self, relpath: str, run: dict, column: str) -> bytes:
+        """The file's bytes, refused unless they hash to the run row's `column`."""
         data = self.read_bytes(relpath)
         digest = hashlib.sha256(data).hexdigest()
-        if digest != run["onnx_sha256"]:
+        if digest != run[column]:
             raise StoreError(
                 f"{self.uri(relpath)}: sha256 {digest[:12]}... does not match run "
-                f"{run['run_id']} ({run['onnx_sha256'][:12]}...); the file was changed, "
+                f"{run['run_id']} ({run[column][:12]}...); the file was changed, "
                 "refusing to load it"
             )
         return data
+
+    def check_weights(self, run: dict) -> None:
+        """Refuse the run if its weights file no longer hashes to the row's weights_sha256."""
+        self._checked(f"weights/{check_id(run['run_id'])}.safetensors", run, "weights_sha256")
 
     def read_weights(
         self, run: dict, shapes: dict[str, tuple[int, ...]] = WEIGHT_SHAPES
@@ -204,14 +211,7 @@ class Store:
         `shapes` (the model's: model.weight_shapes(run["model"]); the softmax model's by
         default). safetensors holds raw arrays, so loading can never run code."""
         relpath = f"weights/{check_id(run['run_id'])}.safetensors"
-        data = self.read_bytes(relpath)
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != run["weights_sha256"]:
-            raise StoreError(
-                f"{self.uri(relpath)}: sha256 {digest[:12]}... does not match run "
-                f"{run['run_id']} ({run['weights_sha256'][:12]}...); the file was changed, "
-                "refusing to load it"
-            )
+        data = self._checked(relpath, run, "weights_sha256")
         weights = decode_tensors(data, self.uri(relpath))
         if unknown := sorted(set(weights) - set(shapes)):
             raise StoreError(f"{self.uri(relpath)}: holds {unknown[0]}; not weights of this model")

@@ -602,14 +602,17 @@ class Matrix:
         assert hashlib.sha256(weights.read_bytes()).hexdigest() == row["weights_sha256"]
         sha = tensors_sha256(weights)
         assert sha == reference, f"weights sha256 {sha[:16]} != uninterrupted {reference[:16]}"
-        # what a reader sees: the row and the weights; no checkpoint, driver file or
-        # temporary file (those live under '.' names until moved into place)
+        onnx = store / "weights" / f"{run_id}.onnx"  # the export the shards score with
+        assert hashlib.sha256(onnx.read_bytes()).hexdigest() == row["onnx_sha256"]
+        # what a reader sees: the row, the weights and their export; no checkpoint, driver
+        # file or temporary file (those live under '.' names until moved into place)
         visible = sorted(
             str(p.relative_to(store))
             for p in store.rglob("*")
             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(store).parts)
         )
-        expected = [f"runs/{run_id}.parquet", f"weights/{run_id}.safetensors"]
+        expected = [f"runs/{run_id}.parquet", f"weights/{run_id}.onnx"]
+        expected.append(f"weights/{run_id}.safetensors")
         assert visible == expected, f"the store holds {visible}, expected {expected}"
 
         # The raylet's agents outlive a SIGKILLed driver's raylet until they notice (Ray

@@ -114,11 +114,15 @@ def test_evaluate_uses_the_export_refuses_a_changed_one_and_reads_older_runs(tmp
     assert got.exit_code == 0, got.output
     assert json.loads(got.stdout)["engine"] == f"torch {torch.__version__}"
 
-    # A changed export is refused in one line naming it; nothing is written.
-    path.write_bytes(path.read_bytes() + b"\0")
+    # A changed export, or changed weights though the export scores, is refused in one
+    # line naming the file; nothing is written.
     before = len(read_rows(store, "evaluations")[0])
-    got = cli("evaluate", "--run", run["run_id"], "--store", where)
-    lines = got.output.strip().splitlines()
-    assert got.exit_code == 1 and len(lines) == 1, got.output
-    assert f"{run['run_id']}.onnx" in lines[0] and "does not match run" in lines[0], lines
+    for changed in (path.with_suffix(".safetensors"), path):
+        kept = changed.read_bytes()
+        changed.write_bytes(kept + b"\0")
+        got = cli("evaluate", "--run", run["run_id"], "--store", where)
+        changed.write_bytes(kept)
+        lines = got.output.strip().splitlines()
+        assert got.exit_code == 1 and len(lines) == 1, got.output
+        assert str(changed) in lines[0] and "does not match run" in lines[0], lines
     assert len(read_rows(store, "evaluations")[0]) == before
