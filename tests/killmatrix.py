@@ -63,6 +63,8 @@ from conftest import (  # noqa: E402
     wait_until,
 )
 
+from mnist_ray.liveness import proc_stat  # noqa: E402
+
 WHATS = ("driver-kill", "driver-int", "worker", "raylet", "head", "job-stop")
 WHENS = ("start", "epoch", "checkpoint", "row")
 # By the row, the training worker has ended and the embedded Ray with it (the row is
@@ -123,11 +125,8 @@ def case(seed: int, index: int) -> Case:
 
 def _stat(pid: int) -> tuple[str, int, int, str]:
     """(state, parent, process group, start time), or ("", 0, 0, "") once gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return fields[0], int(fields[1]), int(fields[2]), fields[19]
-    except (OSError, IndexError, ValueError):
-        return "", 0, 0, ""
+    fields = proc_stat(pid)
+    return (fields[0], int(fields[1]), int(fields[2]), fields[19]) if fields else ("", 0, 0, "")
 
 
 def _cmdline(pid: int) -> str:

@@ -29,6 +29,7 @@ from conftest import REPO, VENV_BIN, _signal_group, client_env, wait_until
 from packaging.requirements import Requirement
 
 from mnist_ray.errors import ClusterError
+from mnist_ray.liveness import proc_stat
 from mnist_ray.session import MIN_RAY, check_ray_version
 
 # ---- the version floor ------------------------------------------------------------------------
@@ -144,11 +145,8 @@ AWAKE = ("ray::IDLE", "ray::DashboardAgent", "ray::RuntimeEnvAgent")  # Ray's, w
 
 def _stat(pid: int) -> tuple[str, int, str]:
     """(state, parent pid, start time) of a process, or ("", 0, "") once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return fields[0], int(fields[1]), fields[19]
-    except (OSError, IndexError, ValueError):
-        return "", 0, ""
+    fields = proc_stat(pid)
+    return (fields[0], int(fields[1]), fields[19]) if fields else ("", 0, "")
 
 
 class Command:
