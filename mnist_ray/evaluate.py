@@ -172,7 +172,7 @@ def merge(parts: list[dict]) -> dict:
         "confusion": confusion.reshape(-1).tolist(),
         "sample": samples[0] if samples else None,
         "misclassified": wrong,
-        "engine": ", ".join(sorted({p.get("engine") or "torch" for p in parts})),
+        "engine": ", ".join(sorted({p["engine"] for p in parts})),
     }
 
 
