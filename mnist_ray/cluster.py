@@ -14,6 +14,7 @@ train.py and evaluate.py; nothing here computes.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -51,15 +52,21 @@ __all__ = [
 ]
 
 
-def _gather(refs: list, what: str, tick: Callable[[int], None] | None = None):
+def _gather(
+    refs: list,
+    what: str,
+    tick: Callable[[int], None] | None = None,
+    on_stop: Callable[[], None] = lambda: None,
+):
     """ray.get once; until then, if given, `tick(tasks done)` every half second. Ctrl-C
-    cancels the tasks so none is left running on the cluster."""
+    runs `on_stop()` first, then cancels the tasks so none is left running on the cluster."""
     try:
         if tick is not None:
             while (done := len(ray.wait(refs, num_returns=len(refs), timeout=0.5)[0])) < len(refs):
                 tick(done)
         return ray.get(refs)
     except KeyboardInterrupt:
+        on_stop()
         _cancel(refs, refs)
         raise
     except ray.exceptions.RayError as exc:
@@ -69,9 +76,25 @@ def _gather(refs: list, what: str, tick: Callable[[int], None] | None = None):
 def _cancel(tasks: list, done: list, timeout: float = 30) -> None:
     """Cancel tasks (refs or streaming generators) and wait until Ray says they ended, so
     that none is still writing when the caller tidies up after it."""
-    for task in tasks:
-        ray.cancel(task, force=True, recursive=True)
-    ray.wait(done, num_returns=len(done), timeout=timeout)
+
+    def cancel() -> None:
+        for task in tasks:
+            ray.cancel(task, force=True, recursive=True)
+        ray.wait(done, num_returns=len(done), timeout=timeout)
+
+    _bounded(cancel, timeout + 5)
+
+
+def _bounded(call: Callable[[], None], timeout: float) -> None:
+    """`call()`; through Ray Client, given at most `timeout` seconds. A Ctrl-C that lands
+    inside one of Ray Client's calls can leave its next request waiting for a reply that
+    never comes (seen: `ray.cancel` stuck in DataClient.Terminate), and the driver with it."""
+    if not ray.util.client.ray.is_connected():
+        call()
+        return
+    worker = threading.Thread(target=call, name="ray-client-call", daemon=True)
+    worker.start()
+    worker.join(timeout)
 
 
 # Deaths Ray retries (max_retries); anything the task itself raised is never retried.
@@ -238,14 +261,11 @@ def _train_through_a_queue(args: tuple, options: dict, show: Callable, on_stop: 
             show(item)  # once each epoch, though a retried attempt re-sends those it restored
 
     try:
-        (outcome,) = _gather([ref], "training", tick=lambda _: drain())
+        (outcome,) = _gather([ref], "training", tick=lambda _: drain(), on_stop=on_stop)
         drain()
         return outcome
-    except KeyboardInterrupt:
-        on_stop()
-        raise
     finally:
-        ray.kill(progress.actor)
+        _bounded(lambda: ray.kill(progress.actor), 30)
 
 
 def store_run(store: Store, run_id: str, cfg: TrainConfig, outcome: dict, /, **extra) -> dict:
