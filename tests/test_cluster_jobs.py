@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import threading
 from pathlib import Path
 
 from conftest import VENV_BIN, client_env, free_ports, mnist_ray, one_line_error, wait_until
@@ -407,8 +408,13 @@ def test_a_run_stopped_through_ray_client_resumes_through_it_bit_identically(
             if line.startswith("Epoch: 0002"):
                 os.killpg(driver.pid, signal.SIGINT)  # a terminal's Ctrl-C
                 break
-        rest = driver.stderr.read()
-        assert driver.wait(timeout=120) == 130, "".join(seen) + rest
+        left: list[str] = []  # the rest of stderr, read aside so that the wait bounds it
+        reader = threading.Thread(target=lambda: left.append(driver.stderr.read()), daemon=True)
+        reader.start()
+        code = driver.wait(timeout=120)
+        reader.join(timeout=30)
+        rest = "".join(left)
+        assert code == 130, "".join(seen) + rest
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
