@@ -59,10 +59,12 @@ def _gather(
     on_stop: Callable[[], None] = lambda: None,
 ):
     """ray.get once; until then, if given, `tick(tasks done)` every half second. Ctrl-C
-    runs `on_stop()` first, then cancels the tasks so none is left running on the cluster."""
+    runs `on_stop()` first, then cancels the tasks so none is left running on the cluster.
+    Through Ray Client, a Ctrl-C held during a call is raised here, between calls."""
     try:
-        if tick is not None:
-            while (done := len(ray.wait(refs, num_returns=len(refs), timeout=0.5)[0])) < len(refs):
+        while (done := len(ray.wait(refs, num_returns=len(refs), timeout=0.5)[0])) < len(refs):
+            runstate.raise_held()
+            if tick is not None:
                 tick(done)
         return ray.get(refs)
     except KeyboardInterrupt:

@@ -44,13 +44,66 @@ def sigterm_stops() -> Iterator[None]:
         return
 
     def stop(signum, frame):
-        raise Stopped()
+        _deliver(Stopped())
 
     before = signal.signal(signal.SIGTERM, stop)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
+
+
+# ---- signals held between calls ---------------------------------------------------------------
+# Through Ray Client (ray://) every Ray call is a gRPC call, and a KeyboardInterrupt raised in
+# the middle of grpc's own Python code can leave a call its channel's close waits on for ever
+# (seen: the driver stuck in ray.shutdown after a Ctrl-C). There, a signal is held and raised
+# where no call is in flight: at the next `raise_held()` (the polling loops) or at the end.
+_HOLDING: list[bool] = []
+_HELD: list[KeyboardInterrupt] = []
+
+
+def _deliver(exc: KeyboardInterrupt) -> None:
+    """Raise `exc` now; while held, at the next raise_held(). Pressed twice, it is not held:
+    a user who insists is not kept waiting on a call that never returns."""
+    if _HOLDING and not _HELD:
+        _HELD.append(exc)
+        return
+    _HELD.clear()
+    raise exc
+
+
+def raise_held() -> None:
+    """Raise a Ctrl-C or SIGTERM that came while held (see held_between_calls)."""
+    if _HELD:
+        exc = _HELD.pop()
+        _HELD.clear()
+        raise exc
+
+
+@contextlib.contextmanager
+def held_between_calls() -> Iterator[None]:
+    """Ctrl-C and SIGTERM in the block are raised by `raise_held()`, or at its end."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def press(signum, frame):
+        _deliver(KeyboardInterrupt())
+
+    before = signal.getsignal(signal.SIGINT)
+    if before is signal.default_int_handler:  # not ignored (a background job): ours to hold
+        signal.signal(signal.SIGINT, press)
+    _HOLDING.append(True)
+    try:
+        yield
+    except BaseException:
+        _HELD.clear()  # the block ended on its own exception: that one goes on
+        raise
+    finally:
+        _HOLDING.pop()
+        if before is signal.default_int_handler:
+            signal.signal(signal.SIGINT, before)
+    raise_held()
 
 
 def unfinished(settings: dict, status: str, costs: list[float], failure: str | None) -> dict:

@@ -20,11 +20,11 @@ The one module that depends on Ray's version. Besides ray.init/shutdown it leans
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import fcntl
 import functools
-import io
 import logging
 import os
 import re
@@ -41,9 +41,11 @@ from pathlib import Path
 
 import ray
 
+from mnist_ray import runstate
 from mnist_ray.errors import ClusterError, token_error
 from mnist_ray.liveness import proc_stat
 from mnist_ray.output import say
+from mnist_ray.streams import ray_output_to_stderr
 
 MIN_RAY = (2, 52)  # token authentication (ray._private.authentication) arrived in 2.52
 START_TIMEOUT = "timed out during startup"  # Ray's message when a raylet did not register
@@ -51,7 +53,6 @@ CLIENT_SERVER_FAILED = "Starting Ray client server failed"  # a ray:// start to 
 LOCAL_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": every Ray process stays on loopback
 NO_METRICS = "RAY_enable_metrics_collection"  # "0": no Prometheus port, which has no token
 QUIET = dict(log_to_driver=False, logging_level=logging.ERROR)  # Ray's logs stay in its files
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def check_ray_version(version: str) -> None:
@@ -66,9 +67,13 @@ def check_ray_version(version: str) -> None:
 
 
 @contextmanager
-def connect(address: str | None, log: Callable[[str], None] = say) -> Iterator[None]:
+def connect(
+    address: str | None, log: Callable[[str], None] = say, polled: bool = True
+) -> Iterator[None]:
     """An embedded local Ray (address None) or an existing cluster ('auto', 'host:port',
-    'ray://host:10001'); disconnects, and ends an embedded one, on the way out."""
+    'ray://host:10001'); disconnects, and ends an embedded one, on the way out. `polled`:
+    the block waits in short calls, so through Ray Client a Ctrl-C can wait for the one in
+    flight (runstate.held_between_calls); a block that waits in one long call says False."""
     check_ray_version(ray.__version__)
     if address is not None:
         _check_reachable(address)
@@ -76,7 +81,7 @@ def connect(address: str | None, log: Callable[[str], None] = say) -> Iterator[N
         yield
         return
     with ray_output_to_stderr():  # Ray prints to stdout even with log_to_driver=False
-        yield from _embedded(log) if address is None else _existing(address, log)
+        yield from _embedded(log) if address is None else _existing(address, log, polled)
 
 
 def _embedded(log: Callable[[str], None]) -> Iterator[None]:
@@ -101,10 +106,16 @@ def _embedded(log: Callable[[str], None]) -> Iterator[None]:
                     end_children(theirs, ours)  # whatever Ray did not know of or did not stop
 
 
-def _existing(address: str, log: Callable[[str], None]) -> Iterator[None]:
+def _existing(address: str, log: Callable[[str], None], polled: bool) -> Iterator[None]:
     started = time.perf_counter()
     _keep_loopback(address)
     _token_alone_is_enough()
+    client = address.startswith("ray://")  # Ray Client: signals held between its calls
+    with runstate.held_between_calls() if client and polled else contextlib.nullcontext():
+        yield from _connected(address, log, started, client)
+
+
+def _connected(address: str, log: Callable[[str], None], started: float, client: bool):
     log(f"Connecting to Ray at {address} ...")
     with _held_stderr() as held:
         for attempt in (1, 2):
@@ -125,7 +136,21 @@ def _existing(address: str, log: Callable[[str], None]) -> Iterator[None]:
     try:
         yield from _run(address, log, started)
     finally:
+        _disconnect(client)
+
+
+def _disconnect(client: bool, timeout: float = 10) -> None:
+    """ray.shutdown; through Ray Client, given `timeout` seconds. Its close waits for every
+    call in flight, and one cut by a second Ctrl-C may never end: that close is left to
+    die with the process, and Ray's own attempt at exit is not made (it would wait too)."""
+    if not client:
         ray.shutdown()
+        return
+    closing = threading.Thread(target=ray.shutdown, name="ray-client-close", daemon=True)
+    closing.start()
+    closing.join(timeout)
+    if closing.is_alive():
+        atexit.unregister(ray.shutdown)
 
 
 def _run(address: str | None, log: Callable[[str], None], started: float) -> Iterator[None]:
@@ -393,57 +418,3 @@ def _keep_loopback(address: str) -> None:
         from ray._private import ray_constants
 
         ray_constants.ENABLE_RAY_CLUSTER = False
-
-
-# ---- Ray's output off stdout ------------------------------------------------------------------
-
-
-def one_line_notice(text: str) -> str:
-    """A Ray notice (`(raylet) A worker died ... Worker PID: 123 ...`) as one line."""
-    flat = " ".join(_ANSI.sub("", text).split())
-    if "A worker died or was killed" in flat:
-        pid = re.search(r"Worker PID: (\d+)", flat)
-        exit_type = re.search(r"Worker exit type: (\w+)", flat)
-        said = [f"pid {pid.group(1)}"] if pid else []
-        said += [f"exit type {exit_type.group(1)}"] if exit_type else []
-        said = f" ({', '.join(said)})" if said else ""
-        return f"(raylet) A worker died or was killed while running a task{said}; Ray retries it"
-    return flat
-
-
-class _Notices(io.TextIOBase):
-    """What Ray prints through sys.stdout, sent to stderr one line per notice."""
-
-    def __init__(self, sink):
-        self.sink = sink
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        if text.strip():
-            line = one_line_notice(text) if "(raylet)" in text else text.rstrip("\n")
-            self.sink.write(line + "\n")
-            self.sink.flush()
-        return len(text)
-
-    def flush(self) -> None:
-        self.sink.flush()
-
-
-@contextmanager
-def ray_output_to_stderr() -> Iterator[None]:
-    """Descriptor 1 and sys.stdout point at stderr until the block ends: Ray's notices go
-    through sys.stdout, and the embedded Ray's processes inherit descriptor 1."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved_fd, saved_stdout = os.dup(1), sys.stdout
-    os.dup2(2, 1)
-    sys.stdout = _Notices(sys.stderr)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        sys.stdout = saved_stdout
-        os.dup2(saved_fd, 1)
-        os.close(saved_fd)

@@ -24,6 +24,8 @@ import os
 import re
 import secrets
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 NONCE_VAR = "MNIST_RAY_RESULT_NONCE"  # set by the client in the job's runtime_env
 MARKER = re.compile(r"^mnist-ray-result-([0-9a-f]{16}) ")  # what a framed line starts with
@@ -32,6 +34,7 @@ MARKER = re.compile(r"^mnist-ray-result-([0-9a-f]{16}) ")  # what a framed line 
 _RAY_LOG = r"(?:\[[^\]]*\] logging\.cc:\d+: )?"
 _SIGTERM_DUMP = re.compile(_RAY_LOG + r"\*\*\* SIGTERM received at time=\d+.*\*\*\*\s*$")
 _DUMP_FRAME = re.compile(_RAY_LOG + r"(?:PC: )?\s*@\s+0x[0-9a-f]+\b.*$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def new_nonce() -> str:
@@ -115,3 +118,57 @@ class LogSplitter:
         else:
             self.err.write(line + "\n")
             self.err.flush()
+
+
+# ---- Ray's output off stdout ------------------------------------------------------------------
+
+
+def one_line_notice(text: str) -> str:
+    """A Ray notice (`(raylet) A worker died ... Worker PID: 123 ...`) as one line."""
+    flat = " ".join(_ANSI.sub("", text).split())
+    if "A worker died or was killed" in flat:
+        pid = re.search(r"Worker PID: (\d+)", flat)
+        exit_type = re.search(r"Worker exit type: (\w+)", flat)
+        said = [f"pid {pid.group(1)}"] if pid else []
+        said += [f"exit type {exit_type.group(1)}"] if exit_type else []
+        said = f" ({', '.join(said)})" if said else ""
+        return f"(raylet) A worker died or was killed while running a task{said}; Ray retries it"
+    return flat
+
+
+class _Notices(io.TextIOBase):
+    """What Ray prints through sys.stdout, sent to stderr one line per notice."""
+
+    def __init__(self, sink):
+        self.sink = sink
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if text.strip():
+            line = one_line_notice(text) if "(raylet)" in text else text.rstrip("\n")
+            self.sink.write(line + "\n")
+            self.sink.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self.sink.flush()
+
+
+@contextmanager
+def ray_output_to_stderr() -> Iterator[None]:
+    """Descriptor 1 and sys.stdout point at stderr until the block ends: Ray's notices go
+    through sys.stdout, and the embedded Ray's processes inherit descriptor 1."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_fd, saved_stdout = os.dup(1), sys.stdout
+    os.dup2(2, 1)
+    sys.stdout = _Notices(sys.stderr)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stdout = saved_stdout
+        os.dup2(saved_fd, 1)
+        os.close(saved_fd)

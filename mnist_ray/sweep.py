@@ -130,7 +130,7 @@ def run_sweep(
 
     started = time.perf_counter()
     try:
-        with connect(address, log=log):
+        with connect(address, log=log, polled=False):  # Tune waits in one call
             failed, stopped = _tune(spec, store, sweep_id, todo, images, labels, log)
             if spec["evaluate"]:
                 _evaluate(store, sweep_id, spec, data_dir, log)

@@ -190,6 +190,39 @@ def test_ctrl_c_leaves_the_run_interrupted_and_says_how_to_go_on(tmp_path):
     assert got.exit_code == 1 and "is interrupted and has no weights" in got.output, got.output
 
 
+def test_through_ray_client_a_signal_waits_for_the_call_in_flight():
+    """ray://: Ctrl-C or SIGTERM during a call (gRPC, which a KeyboardInterrupt inside can
+    leave waited on for ever) is raised after it, at raise_held() or the block's end; a
+    second Ctrl-C is raised at once, and the handlers are as they were after."""
+    import time
+
+    def press(signum: int) -> None:
+        os.kill(os.getpid(), signum)
+        time.sleep(0.2)  # a call in flight: the signal has come, and is not raised in it
+
+    got: list[str] = []
+    handlers = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
+    with pytest.raises(KeyboardInterrupt):
+        with runstate.held_between_calls():
+            press(signal.SIGINT)
+            got.append("the call ended")
+            runstate.raise_held()  # the polling loop, between calls
+            got.append("went on")
+    with pytest.raises(runstate.Stopped):
+        with runstate.held_between_calls(), runstate.sigterm_stops():
+            press(signal.SIGTERM)
+            got.append("the block ended")
+    with pytest.raises(KeyboardInterrupt):
+        with runstate.held_between_calls():
+            press(signal.SIGINT)
+            press(signal.SIGINT)
+            got.append("held twice")
+    with runstate.held_between_calls():
+        got.append("no signal")
+    assert got == ["the call ended", "the block ended", "no signal"]
+    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers
+
+
 def test_discard_leaves_nothing(gcs, tmp_path):
     store = tmp_path / "store"
     driver = Driver([*TRAIN, "--discard", "--store", str(store), "--address", gcs])

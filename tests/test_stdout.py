@@ -14,9 +14,8 @@ import sys
 from conftest import VENV_BIN, client_env
 
 from mnist_ray.query import read_rows
-from mnist_ray.session import one_line_notice
 from mnist_ray.store import Store
-from mnist_ray.streams import LogSplitter, _Framed, marker
+from mnist_ray.streams import LogSplitter, _Framed, marker, one_line_notice
 from mnist_ray.ui import _Stderr
 
 WORKER_DIED = (
@@ -83,7 +82,7 @@ def test_ray_output_goes_to_stderr_at_the_descriptor_level(tmp_path):
     """What a child process writes to fd 1 and what Ray prints through sys.stdout."""
     script = (
         "import subprocess, sys\n"
-        "from mnist_ray.session import ray_output_to_stderr\n"
+        "from mnist_ray.streams import ray_output_to_stderr\n"
         "with ray_output_to_stderr():\n"
         "    subprocess.run(['echo', 'INFO from a Ray process'])\n"
         f"    print({WORKER_DIED!r})\n"
