@@ -9,8 +9,8 @@ head and a second node started with `ray start` on 127.0.0.1, one CPU each, the 
 declaring one GPU, token auth on. One cluster serves both ways, so the suite starts it
 once. Each model trains on the node that declares the GPU (the head declares none, so only
 that node can take the training task; without CUDA it trains there on the CPU), then
-evaluates at 1, 3 and 4 shards with the same counts, accuracy and sample; with one CPU a
-node, the shards of 3 and 4 run on both nodes. All seven models go the HOST:PORT way,
+evaluates at 1, 3 and 4 shards with the same counts, accuracy and sample, on the
+cluster's nodes. All seven models go the HOST:PORT way,
 and the Jobs API way too, there at 1 and 4 shards (a job costs seconds more than a
 driver). `show`, `compare` (two models side by side) and `report` read the store the
 cluster wrote. All seven also go the embedded way, through the CLI in this process on the
@@ -153,8 +153,12 @@ def trains_on_the_gpu_node_and_evaluates_alike(models: Models, model: str, shard
         assert evaluation["shards"] == n
         assert outcome(evaluation) == outcome(one), n
     assert len(one["node_ids"]) == 1
-    for n in shards[1:]:  # one CPU a node: 3 or 4 shards can't all run on one
-        assert evaluations[n]["node_ids"] == models.nodes, n
+    for n in shards[1:]:
+        # On the cluster's nodes, SPREAD over those Ray sees free: a shard of these 500 to
+        # 667 images takes milliseconds in ONNX Runtime, so one node may run them all
+        # before the other's worker has started (test_node_lost_during_evaluation sees a
+        # shard start on a second node; bench/bench_nodes.py measures the spread).
+        assert set(evaluations[n]["node_ids"]) <= set(models.nodes), n
 
 
 @pytest.mark.parametrize("model", MODELS)
