@@ -154,16 +154,25 @@ def mnist_data(data_dir) -> Path:
     return data_dir
 
 
-def free_ports(n: int) -> list[int]:
-    """n distinct ports free right now on 127.0.0.1."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+def free_ports(n: int, tries: int = 500) -> list[int]:
+    """n distinct ports free right now on 127.0.0.1, from 10000-19999: below the kernel's
+    ephemeral range (32768 up), where any process's outgoing connection or bind to port 0
+    (Ray's make many) can take a port between this choice and its use (seen: a container
+    worker's agent port answered by another process's gRPC), and below free_range's."""
+    ports: list[int] = []
+    for _ in range(tries):
+        port = random.randrange(10000, 20000)
+        if port in ports:
+            continue
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        ports.append(port)
+        if len(ports) == n:
+            return ports
+    raise RuntimeError(f"no {n} free ports found in 10000-19999")
 
 
 def free_range(size: int, tries: int = 50) -> tuple[int, int]:
