@@ -14,7 +14,6 @@ train.py and evaluate.py; nothing here computes.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -39,7 +38,7 @@ from mnist_ray.evaluate import (
 from mnist_ray.output import say
 from mnist_ray.placement import training_request
 from mnist_ray.schema import evaluation_row, run_row
-from mnist_ray.session import connect
+from mnist_ray.session import bounded, connect
 from mnist_ray.store import Store, new_id, now
 from mnist_ray.taskinfo import current_attempt, peak_rss_mib, where
 
@@ -84,19 +83,7 @@ def _cancel(tasks: list, done: list, timeout: float = 30) -> None:
             ray.cancel(task, force=True, recursive=True)
         ray.wait(done, num_returns=len(done), timeout=timeout)
 
-    _bounded(cancel, timeout + 5)
-
-
-def _bounded(call: Callable[[], None], timeout: float) -> None:
-    """`call()`; through Ray Client, given at most `timeout` seconds. A Ctrl-C that lands
-    inside one of Ray Client's calls can leave its next request waiting for a reply that
-    never comes (seen: `ray.cancel` stuck in DataClient.Terminate), and the driver with it."""
-    if not ray.util.client.ray.is_connected():
-        call()
-        return
-    worker = threading.Thread(target=call, name="ray-client-call", daemon=True)
-    worker.start()
-    worker.join(timeout)
+    bounded(cancel, timeout + 5)
 
 
 # Deaths Ray retries (max_retries); anything the task itself raised is never retried.
@@ -267,7 +254,7 @@ def _train_through_a_queue(args: tuple, options: dict, show: Callable, on_stop: 
         drain()
         return outcome
     finally:
-        _bounded(lambda: ray.kill(progress.actor), 30)
+        bounded(lambda: ray.kill(progress.actor), 30)
 
 
 def store_run(store: Store, run_id: str, cfg: TrainConfig, outcome: dict, /, **extra) -> dict:

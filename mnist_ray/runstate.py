@@ -75,9 +75,7 @@ def _deliver(exc: KeyboardInterrupt) -> None:
 def raise_held() -> None:
     """Raise a Ctrl-C or SIGTERM that came while held (see held_between_calls)."""
     if _HELD:
-        exc = _HELD.pop()
-        _HELD.clear()
-        raise exc
+        raise _HELD.pop()  # one at most: a second press is never held
 
 
 @contextlib.contextmanager

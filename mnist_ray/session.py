@@ -112,10 +112,10 @@ def _existing(address: str, log: Callable[[str], None], polled: bool) -> Iterato
     _token_alone_is_enough()
     client = address.startswith("ray://")  # Ray Client: signals held between its calls
     with runstate.held_between_calls() if client and polled else contextlib.nullcontext():
-        yield from _connected(address, log, started, client)
+        yield from _connected(address, log, started)
 
 
-def _connected(address: str, log: Callable[[str], None], started: float, client: bool):
+def _connected(address: str, log: Callable[[str], None], started: float):
     log(f"Connecting to Ray at {address} ...")
     with _held_stderr() as held:
         for attempt in (1, 2):
@@ -136,21 +136,25 @@ def _connected(address: str, log: Callable[[str], None], started: float, client:
     try:
         yield from _run(address, log, started)
     finally:
-        _disconnect(client)
+        if not bounded(ray.shutdown, 10):
+            # Ray Client's close waits for every call in flight, and one cut by a second
+            # Ctrl-C may never end: that close dies with the process, and Ray's own attempt
+            # at exit is not made (it would wait too).
+            atexit.unregister(ray.shutdown)
 
 
-def _disconnect(client: bool, timeout: float = 10) -> None:
-    """ray.shutdown; through Ray Client, given `timeout` seconds. Its close waits for every
-    call in flight, and one cut by a second Ctrl-C may never end: that close is left to
-    die with the process, and Ray's own attempt at exit is not made (it would wait too)."""
-    if not client:
-        ray.shutdown()
-        return
-    closing = threading.Thread(target=ray.shutdown, name="ray-client-close", daemon=True)
-    closing.start()
-    closing.join(timeout)
-    if closing.is_alive():
-        atexit.unregister(ray.shutdown)
+def bounded(call: Callable[[], None], timeout: float) -> bool:
+    """`call()`; through Ray Client, given at most `timeout` seconds (False: it had not
+    returned). A Ctrl-C that lands inside one of Ray Client's calls can leave the next one
+    waiting for a reply that never comes (seen: `ray.cancel` stuck in DataClient.Terminate,
+    ray.shutdown in grpc's channel close), and the driver with it."""
+    if not ray.util.client.ray.is_connected():
+        call()
+        return True
+    worker = threading.Thread(target=call, name="ray-client-call", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return not worker.is_alive()
 
 
 def _run(address: str | None, log: Callable[[str], None], started: float) -> Iterator[None]:
