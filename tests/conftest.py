@@ -162,17 +162,20 @@ def free_ports(n: int, tries: int = 500) -> list[int]:
     ports: list[int] = []
     for _ in range(tries):
         port = random.randrange(10000, 20000)
-        if port in ports:
-            continue
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        ports.append(port)
-        if len(ports) == n:
-            return ports
+        if port not in ports and _bindable(port):
+            ports.append(port)
+            if len(ports) == n:
+                return ports
     raise RuntimeError(f"no {n} free ports found in 10000-19999")
+
+
+def _bindable(port: int) -> bool:
+    try:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
 
 
 def free_range(size: int, tries: int = 50) -> tuple[int, int]:
@@ -181,13 +184,8 @@ def free_range(size: int, tries: int = 50) -> tuple[int, int]:
         start = random.randrange(20000, 30000 - size)
         if start + size > 23000 and start < 24000:  # the Ray client's per-driver servers' ports
             continue
-        try:
-            for port in range(start, start + size):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
+        if all(_bindable(port) for port in range(start, start + size)):
             return start, start + size - 1
-        except OSError:
-            continue
     raise RuntimeError(f"no {size} consecutive free ports found")
 
 
