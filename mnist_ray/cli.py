@@ -15,7 +15,16 @@ from typing import Annotated
 
 import typer
 
-from mnist_ray import __version__, cli_store, helptext, jobs, output, render, ui  # noqa: F401
+from mnist_ray import (  # noqa: F401
+    __version__,
+    cli_store,
+    helptext,
+    jobs,
+    leftovers,
+    output,
+    render,
+    ui,
+)
 from mnist_ray.config import CHECKPOINT_EVERY, MAX_SHARDS, EvalConfig, TrainConfig, check_id
 from mnist_ray.store import DEFAULT_STORE, Store
 from mnist_ray.streams import install_result_marker
@@ -28,9 +37,10 @@ from mnist_ray.ui import (
     JsonOpt,
     StoreOpt,
     WaitOpt,
+    emit,
+    emit_json,
     err,
     friendly,
-    out,
     valid_id,
 )
 
@@ -47,11 +57,6 @@ app = typer.Typer(
 submit_app = typer.Typer(no_args_is_help=True, help="Submit a job: `mnist-ray submit train`.")
 app.add_typer(submit_app, name="submit")
 app.add_typer(jobs.app, name="jobs")
-
-
-def _print(pieces: list) -> None:
-    for piece in pieces:
-        out.print(piece)
 
 
 def _store_or_submit(ctx: typer.Context, address: str | None, store: str, wait: bool) -> Store:
@@ -109,8 +114,12 @@ def submit_train(
 
     Example: mnist-ray submit train --model cnn --epochs 15 --store ./mnist-ray-store
     """
+    from mnist_ray.placement import fits_this_machine
+
     if resume is None:
         cfg = TrainConfig(dataset.value, epochs, batch_size, lr, seed, model, optimizer).validate()
+        if address is None:  # an embedded Ray is this machine: refused before it starts
+            fits_this_machine(gpus.value, cpus)
     target = _store_or_submit(ctx, address, store, wait)
     from mnist_ray import data, resuming
     from mnist_ray.store import new_id
@@ -120,9 +129,12 @@ def submit_train(
         found = resuming.resumable(target, resume, resuming.given(ctx, submit_train))
         if found["status"] == "finished":
             err.print(f"run {found['run_id']} is finished; nothing to resume")
-            _print([output.as_json(found)] if as_json else [])
+            if as_json:
+                emit_json(found)
             return
         cfg, gpus, cpus, checkpoint_every = resuming.settings(found, gpus, cpus, checkpoint_every)
+        if address is None:
+            fits_this_machine(gpus.value, cpus)
     images, labels = data.load(cfg.dataset, "train", data_dir)
     target.check_writable()  # fail now, not after 15 epochs
     from mnist_ray.cluster import train_and_store
@@ -136,7 +148,10 @@ def submit_train(
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM from `jobs stop`
         err.print(resuming.interrupted(ctx, run_id, discard))
         raise typer.Exit(128 + getattr(exc, "signum", 2)) from None
-    _print([output.as_json(row)] if as_json else render.trained(row))
+    if as_json:
+        emit_json(row)
+    else:
+        emit(render.trained(row))
 
 
 # ---- evaluate ---------------------------------------------------------------------------------
@@ -168,7 +183,7 @@ def evaluate(
     target.check_exists()  # a mistyped path is said so, not taken for an empty store
     from mnist_ray.resuming import evaluable
 
-    found = evaluable(target, run)  # a finished run: the latest one when --run is not given
+    found = evaluable(target, run, ctx)  # a finished run: the latest one when --run is not given
     from mnist_ray import data
     from mnist_ray.artifact import scoring
     from mnist_ray.cluster import evaluate_and_store
@@ -180,7 +195,10 @@ def evaluate(
     row = evaluate_and_store(
         found, weights, images, labels, target, address, shards, err.print, onnx
     )  # fmt: skip
-    _print([output.as_json(row)] if as_json else render.evaluated(row))
+    if as_json:
+        emit_json(row)
+    else:
+        emit(render.evaluated(row))
 
 
 # ---- sweep ------------------------------------------------------------------------------------
@@ -250,9 +268,20 @@ def sweep(
     )  # fmt: skip
     if resume is not None:
         check_id(resume, "resume")
+    if address is None:
+        from mnist_ray.placement import fits_this_machine
+
+        share = str(gpus_per_trial or 0)
+        fits_this_machine(share, cpus_per_trial, "gpus_per_trial", "cpus_per_trial")
     target = _store_or_submit(ctx, address, store, wait)
-    summary = sweeps.run_sweep(spec, target, address, data_dir, resume, log=err.print)
-    _print([output.as_json(summary)] if as_json else render.leaderboard(summary))
+    summary = sweeps.run_sweep(
+        spec, target, address, data_dir, resume, log=err.print,
+        again=lambda sweep_id: ui.pasteable(ctx, "sweep", "--resume", sweep_id, store=target.location),
+    )  # fmt: skip
+    if as_json:
+        emit_json(summary)
+    else:
+        emit(render.leaderboard(summary))
 
 
 @app.command()
@@ -266,7 +295,10 @@ def models(as_json: JsonOpt = False) -> None:
     from mnist_ray.model import catalogue
 
     rows = catalogue()
-    _print([output.as_json(rows) if as_json else output.as_table("models", [*rows[0]], rows)])
+    if as_json:
+        emit_json(rows)
+    else:
+        emit([output.as_table("models", [*rows[0]], rows)])
 
 
 # ---- results (show, query, compact, compare, report: cli_store.py) -------------------------------------------------------------------------
@@ -316,11 +348,11 @@ def results(
         if (n := len(target.list(table, ".parquet"))) > COMPACT_HINT:
             err.print(f"{table}: {n} files; `mnist-ray compact --store {store}` makes reads fast")
     if as_json:
-        print(output.as_json({"runs": view.runs, "evaluations": view.evaluations}))
+        emit_json({"runs": view.runs, "evaluations": view.evaluations})
     elif as_csv:
         sys.stdout.write(output.as_csv(list(view.runs[0]) if view.runs else [], view.runs))
     else:
-        _print(render.results(target.location, view, EVAL_COLUMNS))
+        emit(render.results(target.location, view, EVAL_COLUMNS))
 
 
 for command in cli_store.COMMANDS:
@@ -333,6 +365,7 @@ def main(
 ) -> None:
     """mnist-ray: train and evaluate the classic MNIST softmax regression on Ray."""
     install_result_marker()  # a job submitted by mnist-ray: its result lines framed
+    leftovers.end_leftovers(err.print)  # what a killed embedded driver left running
     if version:
         print(f"mnist-ray {__version__}")
         raise typer.Exit()

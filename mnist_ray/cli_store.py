@@ -17,19 +17,29 @@ from typing import Annotated
 import typer
 
 from mnist_ray import output, render
+from mnist_ray.schema import SCHEMAS
 from mnist_ray.store import DEFAULT_STORE, Store
-from mnist_ray.ui import CsvOpt, JsonOpt, StoreOpt, err, fail, friendly, out, spelled, valid_id
+from mnist_ray.ui import (
+    CsvOpt,
+    JsonOpt,
+    StoreOpt,
+    emit,
+    emit_json,
+    err,
+    fail,
+    friendly,
+    spelled,
+    styled,
+    valid_id,
+)
 
-
-def _print(pieces: list) -> None:
-    for piece in pieces:
-        out.print(piece)
+TABLES = ", ".join(f"`{t}`" for t in SCHEMAS)  # what `query` reads: every table of the store
 
 
 def skipped(bad: list[tuple[str, str]]) -> None:
     """Name each unreadable file on stderr; the command goes on without it."""
     for path, problem in bad:
-        err.print(f"[yellow]Skipped[/] {path}: {problem}", markup=True)
+        err.print(styled("Skipped", "yellow", f"{path}: {problem}"))
 
 
 def one_format(as_json: bool, as_csv: bool) -> None:
@@ -60,9 +70,9 @@ def show(
 
     e = find(target, "evaluations", eval_id, "eval_id")  # one match, as `evaluate --run`
     if as_json:
-        print(output.as_json(e))
+        emit_json(e)
         return
-    _print(render.sample(e))
+    emit(render.sample(e))
     if png is not None:
         try:
             render.write_png(render.pixels(e), png, render.caption(e))
@@ -73,12 +83,13 @@ def show(
 
 @friendly("query")
 def query(
-    sql: Annotated[str, typer.Argument(help="SQL over the views `runs` and `evaluations`.")],
+    sql: Annotated[str, typer.Argument(help=f"SQL over the views {TABLES}.")],
     store: StoreOpt = DEFAULT_STORE,
     as_json: JsonOpt = False,
     as_csv: CsvOpt = False,
 ) -> None:
-    """Ask the store anything in SQL (DuckDB): the tables are `runs` and `evaluations`.
+    """Ask the store anything in SQL (DuckDB): the tables are `runs`, `evaluations` and
+    `sweeps`.
 
     Example: mnist-ray query "select run_id, lr, epoch_costs[-1] as cost from runs"
     """
@@ -92,11 +103,11 @@ def query(
     skipped(bad)
     rows = result.to_pylist()
     if as_json:
-        print(output.as_json(rows))
+        emit_json(rows)
     elif as_csv:
         sys.stdout.write(output.as_csv(result.column_names, rows))
     else:
-        out.print(output.as_table(f"query on {store}", result.column_names, rows))
+        emit([output.as_table(f"query on {store}", result.column_names, rows)])
 
 
 @friendly("compact")
@@ -109,7 +120,10 @@ def compact(store: StoreOpt = DEFAULT_STORE, as_json: JsonOpt = False) -> None:
 
     summaries, bad = compact_all(Store(store))
     skipped(bad)
-    _print([output.as_json({"tables": summaries})] if as_json else render.compacted(summaries))
+    if as_json:
+        emit_json({"tables": summaries})
+    else:
+        emit(render.compacted(summaries))
 
 
 @friendly("compare")
@@ -130,7 +144,10 @@ def compare(
     for r in runs:
         valid_id(r)
     c = compare_runs(Store(store), runs)
-    _print([output.as_json(c)] if as_json else render.compared(c))
+    if as_json:
+        emit_json(c)
+    else:
+        emit(render.compared(c))
 
 
 @friendly("report")

@@ -18,7 +18,6 @@ with RAY_AUTH_MODE=token; RAY_AUTH_TOKEN alone is enough here.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import shlex
@@ -37,8 +36,8 @@ from mnist_ray import usermodel
 from mnist_ray.config import check_model, first_line
 from mnist_ray.errors import ClusterError, token_error
 from mnist_ray.output import say
-from mnist_ray.streams import NONCE_VAR, LogSplitter, new_nonce
-from mnist_ray.ui import friendly
+from mnist_ray.streams import ADDRESS_VAR, MARKER, NONCE_VAR, LogSplitter, new_nonce
+from mnist_ray.ui import emit_json, friendly
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 SETTLE_SECONDS = 30  # after the log stream ends, how long to wait for a terminal status
@@ -204,7 +203,9 @@ def submit(
     """Submit the entrypoint; `shipped`: more of the job's runtime_env (a user's model)."""
     c = client(address)
     # the job frames its result lines with the nonce, so they come back apart from its log
-    runtime_env = ({"env_vars": {NONCE_VAR: nonce}} if nonce else {}) | (shipped or {})
+    shipped = dict(shipped or {})
+    env_vars = {ADDRESS_VAR: address} | ({NONCE_VAR: nonce} if nonce else {})
+    runtime_env = shipped | {"env_vars": shipped.pop("env_vars", {}) | env_vars}
     job_id = _call(
         address,
         "submitting the job",
@@ -237,20 +238,43 @@ def final_status(c, address: str, job_id: str, settle: float = SETTLE_SECONDS):
         time.sleep(0.5)
 
 
-def outcome(info, job_id: str, log: Callable[[str], None], sigterm: bool = False) -> int:
+def outcome(
+    info, job_id: str, log: Callable[[str], None], sigterm: bool = False, said: str = ""
+) -> int:
     """The exit code for how the job ended, and one line unless it succeeded. `sigterm`:
-    its log held Ray's SIGTERM stack dump, which LogSplitter left out."""
+    its log held Ray's SIGTERM stack dump, which LogSplitter left out; `said`: the last
+    error line the log held, for when Ray's message carries none."""
     status = str(info.status)
     if status == "SUCCEEDED":
         return 0
     if status == "STOPPED":
         log(f"Error: job {job_id} {STOPPED}")
         return 1
-    why = f": {first_line(Exception(info.message))}" if info.message else ""
+    why = f": {job_failure(info.message or '', said)}" if info.message or said else ""
     got = " (its driver got SIGTERM)" if sigterm else ""
     verb = "failed" if status == "FAILED" else f"is {status}"
     log(f"Error: job {job_id} {verb}{why}{got}")
     return 1
+
+
+# Ray's message for a failed entrypoint: this header, then the log's tail (maybe nothing).
+LOGS_HEADER = "last available logs"
+
+
+def job_failure(message: str, said: str = "") -> str:
+    """Why a job failed, in one line: Ray's first line, then the job's own last error (the
+    `Error: ...` our driver printed, else its last line) from the log's tail in Ray's
+    message, else `said` (the last error line of the log we followed). Never Ray's header
+    alone with nothing after it."""
+    head, header, tail = message.partition(LOGS_HEADER)
+    lines = [MARKER.sub("", line).strip() for line in tail.splitlines()[1:]]
+    lines = [line for line in lines if line]
+    errors = [line for line in lines if line.startswith("Error:")]
+    first = first_line(Exception(head)).rstrip(" ,:") if header else first_line(Exception(message))
+    last = (errors or lines or [said])[-1].removeprefix("Error:").strip()
+    if last:
+        return f"{first}: {last}" if message.strip() else last
+    return f"{first} (its log is empty)" if header else first
 
 
 def submit_cli(
@@ -275,8 +299,17 @@ def submit_cli(
         entry = entrypoint(argv, store)
         c, job_id = submit(address, entry, kind, nonce, shipped)
     log(f"Submitted job {job_id} to {address}: {entry}")
+    if os.environ.get("MNIST_RAY_DATA") and "--data-dir" not in argv:
+        log(
+            "Note: this machine's MNIST_RAY_DATA does not travel; the job reads the "
+            "cluster's (its nodes' MNIST_RAY_DATA, else their cache): pass --data-dir "
+            "PATH to name a folder on the cluster"
+        )
     if not wait:  # the job id is the result; with --json, as one JSON document
-        print(json.dumps({"job_id": job_id, "address": address}) if "--json" in argv else job_id)
+        if "--json" in argv:
+            emit_json({"job_id": job_id, "address": address})
+        else:
+            print(job_id)
         log(f"Follow it with: mnist-ray jobs logs {job_id} --follow --address {address}")
         return 0
     split = LogSplitter(sys.stdout, sys.stderr, nonce)  # the log to stderr, the result to stdout
@@ -284,12 +317,14 @@ def submit_cli(
         follow(c, job_id, split.feed)
     except KeyboardInterrupt:
         split.close()
-        log(f"Stopped following; job {job_id} keeps running (mnist-ray jobs stop {job_id}).")
+        stop = shlex.join(["mnist-ray", "jobs", "stop", job_id, "--address", address])
+        log(f"Stopped following; job {job_id} keeps running (stop it: {stop}).")
         return 130
     except Exception as exc:  # the log stream broke: the status below still says how it ended
         log(f"Log stream of job {job_id} ended early ({first_line(exc)}).")
     split.close()
-    return outcome(final_status(c, address, job_id), job_id, log, split.sigterm)
+    info = final_status(c, address, job_id)
+    return outcome(info, job_id, log, split.sigterm, split.last_error)
 
 
 # ---- mnist-ray jobs status|logs|stop ----------------------------------------------------------
@@ -372,7 +407,8 @@ def logs(
         raise typer.Exit(130) from None
     except Exception as exc:
         raise ClusterError(f"job {job_id}: log stream ended early ({first_line(exc)})") from None
-    raise typer.Exit(outcome(final_status(c, address, job_id), job_id, say, split.sigterm))
+    info = final_status(c, address, job_id)
+    raise typer.Exit(outcome(info, job_id, say, split.sigterm, split.last_error))
 
 
 @app.command()
@@ -403,7 +439,7 @@ def list_jobs(
     rows = [job_row(j) for j in found if (j.metadata or {}).get("app") == "mnist-ray"]
     rows.sort(key=lambda r: (r["start_time"] or "", r["job_id"]), reverse=True)
     if as_json:
-        print(json.dumps(rows))
+        emit_json(rows)
         return
     for r in rows:
         started = (r["start_time"] or "-")[:19].replace("T", " ")

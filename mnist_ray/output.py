@@ -9,10 +9,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import sys
 from datetime import datetime
 
 from rich.table import Table
+from rich.text import Text
 
 
 def say(line: str) -> None:
@@ -26,7 +28,19 @@ def _plain(value):
 
 
 def as_json(document) -> str:
-    return json.dumps(document, default=_json_value)
+    """Strict JSON (RFC 8259): a NaN or an infinity, which no strict parser takes, is null."""
+    return json.dumps(finite(document), default=_json_value, allow_nan=False)
+
+
+def finite(value):
+    """`value` with every non-finite float (at any depth of dicts, lists, tuples) as None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
 
 
 def _json_value(value):
@@ -46,7 +60,9 @@ def as_csv(columns: list[str], rows: list[dict]) -> str:
 
 def _csv_cell(value):
     if isinstance(value, list):
-        return json.dumps(value)
+        return as_json(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return ""  # as a null: CSV readers disagree on how NaN is spelt
     return "" if value is None else _plain(value)
 
 
@@ -79,12 +95,12 @@ ID_COLUMNS = ("run_id", "eval_id", "sweep_id")
 
 
 def as_table(title: str, columns: list[str], rows: list[dict]) -> Table:
-    table = Table(title=title, title_justify="left")
+    table = Table(title=Text(title), title_justify="left")  # Text: brackets stay brackets
     cells = [[cell(c, row.get(c)) for c in columns] for row in rows]
     for i, c in enumerate(columns):
         add_column(table, c, [r[i] for r in cells])  # c: the name --sort and --where take
     for r in cells:
-        table.add_row(*r)
+        table.add_row(*map(Text, r))
     return table
 
 

@@ -8,20 +8,53 @@ logs an "infeasible task" warning in the cluster's own logs), so it is refused h
 line: `--gpus 1` on a cluster without a GPU, `--cpus N` larger than every node's CPUs, or
 both together on no single node. Only nodes alive now count: an autoscaler's future nodes
 can't be seen from here, so on such a cluster ask for what a running node has.
+
+An embedded Ray is this machine: `fits_this_machine` refuses what it can't meet before
+Ray starts (nothing announced, nothing written), from the CPU count and torch's CUDA view.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
-import ray
-
+from mnist_ray.config import ConfigError
 from mnist_ray.errors import ClusterError
 from mnist_ray.output import say
 
 
+def machine_cpus() -> int:
+    """The CPUs this process may run on (an embedded Ray sees as many)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def fits_this_machine(gpus: str, cpus: float, gpus_param="gpus", cpus_param="cpus") -> None:
+    """For an embedded run, before Ray starts: refuse a GPU this machine lacks and more
+    CPUs than it has (ConfigError, named after the option: exit 2)."""
+    have = machine_cpus()
+    if cpus > have:
+        raise ConfigError(
+            cpus_param, f"{cpus:g} CPUs asked for, and this machine has {have}; use {have} or fewer"
+        )
+    if gpus in ("0", "auto") or not float(gpus):
+        return
+    import torch  # the GPU's view that training itself will have
+
+    if torch.cuda.device_count() < 1:
+        raise ConfigError(
+            gpus_param,
+            f"{gpus}: this machine has no GPU (torch sees no CUDA device); use --gpus auto "
+            "or 0 to train on the CPU, or --address a cluster that has one",
+        )
+
+
 def gpu_request(gpus: str, log: Callable[[str], None] = say) -> int:
     """How many GPUs the training task asks for: --gpus auto|0|1 against what the cluster has."""
+    import ray
+
     have = ray.cluster_resources().get("GPU", 0)
     if gpus == "0":
         return 0
@@ -43,6 +76,8 @@ def gpu_request(gpus: str, log: Callable[[str], None] = say) -> int:
 
 def _nodes() -> list[dict[str, float]]:
     """Each alive node's total resources."""
+    import ray
+
     return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
 
 

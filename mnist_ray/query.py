@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from concurrent.futures import ThreadPoolExecutor
 
 import duckdb
@@ -363,7 +364,8 @@ def find(
     if len(hits) == 1:
         return hits[0]
     if not hits:
-        held = "see `mnist-ray results`" if rows else f"it holds no {table} yet"
+        listed = f"mnist-ray results --store {shlex.quote(store.location)}"
+        held = f"see `{listed}`" if rows else f"it holds no {table} yet"
         raise StoreError(f"no such {what} in {store.location}; {held}", about=about, value=wanted)
     ids = ", ".join(r[key] for r in hits[:5]) + (", ..." if len(hits) > 5 else "")
     raise StoreError(

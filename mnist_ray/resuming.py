@@ -13,12 +13,11 @@ it is, for the caller to say so and change nothing.
 from __future__ import annotations
 
 import dataclasses
-import shlex
 
 from mnist_ray.config import TrainConfig
 from mnist_ray.query import find_run, read_rows
 from mnist_ray.store import Store
-from mnist_ray.ui import Gpus, fail, spelled
+from mnist_ray.ui import Gpus, fail, pasteable, spelled
 
 # The options of `submit train` that are the run's settings (each a column of its row).
 SETTINGS = [f.name for f in dataclasses.fields(TrainConfig)] + ["gpus", "cpus", "checkpoint_every"]
@@ -52,9 +51,9 @@ def resumable(store: Store, wanted: str, options: dict[str, tuple[str, object]])
     return run
 
 
-def evaluable(store: Store, wanted: str | None) -> dict:
+def evaluable(store: Store, wanted: str | None, ctx=None) -> dict:
     """The run `evaluate --run` names, refused unless finished (no other has weights); with
-    no --run, the latest finished run."""
+    no --run, the latest finished run. `ctx`: the command's, for the hint's --store."""
     if wanted is None:
         finished = [r for r in read_rows(store, "runs")[0] if r["status"] == "finished"]
         return find_run(store, None, runs=finished)
@@ -62,7 +61,7 @@ def evaluable(store: Store, wanted: str | None) -> dict:
     if run["status"] != "finished":
         fail(
             f"--run {wanted}: run {run['run_id']} is {run['status']} and has no weights; "
-            f"finish it with `mnist-ray submit train --resume {run['run_id']}`"
+            f"finish it with `{pasteable(ctx, 'submit', 'train', '--resume', run['run_id'])}`"
         )
     return run
 
@@ -88,12 +87,5 @@ def interrupted(ctx, run_id: str, discard: bool) -> str:
     """What Ctrl-C (or SIGTERM) during `submit train` says last: how to go on."""
     if discard:
         return f"interrupted: run {run_id} discarded (its row and checkpoints deleted)"
-    words = ["mnist-ray", "submit", "train", "--resume", run_id]
-    for name in ("store", "address"):
-        # Typed, not from the environment: a job's driver has RAY_ADDRESS set by Ray.
-        if (
-            ctx.params.get(name) is not None
-            and ctx.get_parameter_source(name).name == "COMMANDLINE"
-        ):
-            words += [f"--{name}", str(ctx.params[name])]
-    return f"interrupted: run {run_id} kept with its checkpoints; go on with: {shlex.join(words)}"
+    again = pasteable(ctx, "submit", "train", "--resume", run_id)
+    return f"interrupted: run {run_id} kept with its checkpoints; go on with: {again}"

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import ray
 
-from mnist_ray import runstate
+from mnist_ray import leftovers, runstate
 from mnist_ray.errors import ClusterError, token_error
 from mnist_ray.liveness import proc_stat
 from mnist_ray.output import say
@@ -96,7 +96,9 @@ def _embedded(log: Callable[[str], None]) -> Iterator[None]:
                 failure = _start_local(kwargs, log, theirs)
             if failure is not None:
                 raise _connect_error(None, failure, "") from None
-            yield from _run(None, log, started)
+            # a record for the next command, should this driver be killed (leftovers.py)
+            with leftovers.recorded(_session_dir(theirs)):
+                yield from _run(None, log, started)
         finally:
             with _ctrl_c(wait=True):
                 ours = _ray_below(os.getpid(), theirs)  # Ray's shutdown leaves some unreaped
@@ -264,6 +266,17 @@ def end_children(spare: Collection[int] = (), ours: Collection[int] = (), timeou
             if not _stat(pid)[0]:  # a zombie is not gone: its dying parent hands it to us
                 frozen.discard(pid)
         time.sleep(0.02 if frozen else 0)
+
+
+def _session_dir(theirs: set[int]) -> str:
+    """The embedded Ray's session folder, from its processes' command lines (the GCS and
+    the raylet are given `--session-dir`/`--session_dir`); "" when none says it."""
+    for pid in sorted(_ray_below(os.getpid(), theirs)):
+        with contextlib.suppress(OSError):
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if found := re.search(rb"--session[-_]dir=([^\0]+)", cmdline):
+                return found.group(1).decode(errors="replace")
+    return ""
 
 
 def _ray_below(me: int, spare: Collection[int] = ()) -> set[int]:

@@ -28,6 +28,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 NONCE_VAR = "MNIST_RAY_RESULT_NONCE"  # set by the client in the job's runtime_env
+# Also set there: the Jobs API address the user submitted to, so that a hint the job prints
+# (how to resume, how to stop) carries the --address that works where the user pastes it.
+ADDRESS_VAR = "MNIST_RAY_SUBMITTED_TO"
 MARKER = re.compile(r"^mnist-ray-result-([0-9a-f]{16}) ")  # what a framed line starts with
 # Ray's driver, on SIGTERM (`jobs stop`), prints a stack dump twice: as is, then through its
 # logger (`[2026-01-01 10:00:00,000 E 123 123] logging.cc:474: ` before each line).
@@ -35,6 +38,12 @@ _RAY_LOG = r"(?:\[[^\]]*\] logging\.cc:\d+: )?"
 _SIGTERM_DUMP = re.compile(_RAY_LOG + r"\*\*\* SIGTERM received at time=\d+.*\*\*\*\s*$")
 _DUMP_FRAME = re.compile(_RAY_LOG + r"(?:PC: )?\s*@\s+0x[0-9a-f]+\b.*$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def user_address(given: str | None) -> str | None:
+    """The --address a hint should carry: the Jobs API address when this runs as a job that
+    mnist-ray submitted, else the one the user gave this command (None: embedded)."""
+    return os.environ.get(ADDRESS_VAR) or given
 
 
 def new_nonce() -> str:
@@ -93,6 +102,7 @@ class LogSplitter:
     def __init__(self, out, err, nonce: str | None = None):
         self.out, self.err, self.nonce, self.pending = out, err, nonce, ""
         self.sigterm = False
+        self.last_error = ""  # the last `Error: ...` line of the log: why a job failed
         self._in_dump = False  # the frame lines that follow a dump's first line
 
     def feed(self, chunk: str) -> None:
@@ -116,6 +126,8 @@ class LogSplitter:
             self.out.write(line[framed.end() :] + "\n")
             self.out.flush()
         else:
+            if line.startswith("Error:"):
+                self.last_error = line.removeprefix("Error:").strip()
             self.err.write(line + "\n")
             self.err.flush()
 

@@ -108,9 +108,11 @@ def run_sweep(
     data_dir=None,
     resume: str | None = None,
     log: Callable[[str], None] = say,
+    again: Callable[[str], str] | None = None,
 ) -> dict:
     """Run a sweep (or the missing trials of sweep `resume`) and return its summary: the
-    sweep row plus the leaderboard. Ctrl-C ends every trial; the sweep row says so."""
+    sweep row plus the leaderboard. Ctrl-C ends every trial; the sweep row says so, and
+    `again(sweep_id)` (the CLI's, spelt with its options) says how to go on."""
     sweep = load_sweep(store, resume) if resume is not None else new_sweep(spec)
     spec, sweep_id = json.loads(sweep["definition"]), sweep["sweep_id"]
     store.check_writable()
@@ -138,7 +140,7 @@ def run_sweep(
         how = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         write_sweep(store, sweep, how, time.perf_counter() - started)
         if how == "interrupted":  # the unfinished trials' checkpoints stay for this
-            log(f"To go on: mnist-ray sweep --resume {sweep_id} --store {store.location}")
+            log(f"To go on: {again(sweep_id) if again else f'mnist-ray sweep (resume {sweep_id})'}")
         raise
     seconds = time.perf_counter() - started
     row, runs = write_sweep(store, sweep, "finished", seconds, failed, stopped)

@@ -13,20 +13,25 @@ commands take (`StoreOpt`, `AddressOpt`, ...) are defined here once for the same
 
 from __future__ import annotations
 
+import difflib
 import functools
 import math
 import os
+import shlex
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console, ConsoleDimensions
+from rich.text import Text
 
 from mnist_ray.config import DEFAULT_MODEL, MODEL_DEFAULTS, OPTIMIZERS, ConfigError, check_id
 from mnist_ray.data import DataError
 from mnist_ray.errors import ClusterError
+from mnist_ray.output import as_json
 from mnist_ray.store import StoreError
+from mnist_ray.streams import user_address
 
 PIPE_WIDTH = 160  # stdout that is no terminal, without COLUMNS: wide lines, not rich's 80
 
@@ -57,8 +62,28 @@ class _Stderr(Console):
             raise
 
 
-out = _Stdout(highlight=False, soft_wrap=True)
-err = _Stderr(stderr=True, highlight=False, soft_wrap=True)
+# Neither console reads markup or emoji codes in what it prints: a model's source, a cell
+# or a job's log line holds `[bold]`, `self.layers[i]` or `:x:` as data, printed as it is.
+# Styling is given as rich Text (`fail`), never as tags inside a string.
+PLAIN = dict(highlight=False, soft_wrap=True, markup=False, emoji=False)
+out = _Stdout(**PLAIN)
+err = _Stderr(stderr=True, **PLAIN)
+
+
+def emit(pieces: list) -> None:
+    """What a person reads, to stdout: lines, tables, the terminal picture."""
+    for piece in pieces:
+        out.print(piece)
+
+
+def emit_json(document) -> None:
+    """One strict JSON document on stdout, as plain text: never through rich."""
+    print(as_json(document), flush=True)
+
+
+def styled(label: str, style: str, rest: str) -> Text:
+    """`label` in `style`, then `rest` as it is (brackets and all)."""
+    return Text.assemble((label, style), " ", rest)
 
 
 # What Ctrl-C leaves behind, for the commands that run Ray tasks; others say "interrupted".
@@ -70,8 +95,29 @@ INTERRUPTED = {
 
 
 def fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]Error:[/] {message}", markup=True)
+    err.print(styled("Error:", "bold red", message))
     raise typer.Exit(code)
+
+
+def pasteable(ctx, *words: str, store: str | None = None) -> str:
+    """`mnist-ray WORDS` as a hint to paste: with `store`, else the --store this command
+    was given on its command line, and its --address (through the Jobs API, the address
+    it was submitted to), so it acts on the same store and cluster."""
+    words = ["mnist-ray", *words]
+    params = ctx.params if ctx is not None else {}
+    if store is None and params.get("store") is not None:
+        store = params["store"] if ctx.get_parameter_source("store").name == "COMMANDLINE" else None
+    if store is not None:
+        words += ["--store", str(store)]
+    typed = (
+        params.get("address")
+        if params.get("address") is not None
+        and (ctx.get_parameter_source("address").name == "COMMANDLINE")
+        else None
+    )  # not from the environment: a job's driver has RAY_ADDRESS set by Ray
+    if (address := user_address(typed)) is not None:
+        words += ["--address", address]
+    return shlex.join(words)
 
 
 def spelled(param: str, command) -> str:
@@ -203,7 +249,12 @@ def model_spec(value: str) -> str:
     if value in MODEL_DEFAULTS or ":" in value:
         return value
     names = ", ".join(repr(n) for n in MODEL_DEFAULTS)
-    raise typer.BadParameter(f"{value!r} is not one of {names}, nor FILE.py:NAME")
+    close = difflib.get_close_matches(value, list(MODEL_DEFAULTS), n=1)
+    guess = f"; did you mean {close[0]!r}?" if close else ""
+    raise typer.BadParameter(
+        f"{value!r} is not one of {names}, nor your own model as FILE.py:NAME or "
+        f"package.module:NAME{guess}"
+    )
 
 
 ModelOpt = Annotated[

@@ -62,7 +62,8 @@ def test_compare_fails_on_an_unknown_run_or_a_single_run(tmp_path):
     assert got.exit_code == 1 and got.stdout == ""
     # Named as the argument it is: compare has no --run option.
     assert got.stderr == (
-        f"Error: RUN run-nope: no such run in {tmp_path}; see `mnist-ray results`\n"
+        f"Error: RUN run-nope: no such run in {tmp_path}; "
+        f"see `mnist-ray results --store {tmp_path}`\n"
     )
     several = invoke("compare", "run-cmp", "run-cmp1", "--store", str(tmp_path))
     assert several.exit_code == 1
