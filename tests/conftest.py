@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import random
+import re
 import secrets
 import shutil
 import signal
@@ -44,8 +45,26 @@ if not os.environ.get("MNIST_RAY_DATA") and (SHARED_DATA / "MNIST" / "raw").is_d
     os.environ["MNIST_RAY_DATA"] = str(SHARED_DATA)
 
 
+# ---- lanes: `pytest -m unit` starts no Ray and no CLI subprocess ------------------------------
+# Every test is in one lane. A test marked cluster, slow, container, browser or gpu (by
+# itself, its module's pytestmark, or a fixture below) is in that lane; every other test is
+# `unit`, and the guard below fails a unit test that starts Ray or the CLI in a process.
+LANES = ("cluster", "slow", "container", "browser", "gpu")
+LANE_FIXTURES = {  # a test that uses one of these is in its lane
+    "ray_local": "cluster",
+    "ray_cli_cluster": "cluster",
+    "s3_server": "cluster",
+    "browser": "browser",
+}
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked gpu run only where torch sees CUDA."""
+    """Each test's lane; tests marked gpu run only where torch sees CUDA."""
+    for item in items:
+        if not any(lane in item.keywords for lane in LANES):
+            fixtures = set(getattr(item, "fixturenames", ()))
+            lane = next((v for k, v in LANE_FIXTURES.items() if k in fixtures), "unit")
+            item.add_marker(getattr(pytest.mark, lane))
     gpu_tests = [item for item in items if "gpu" in item.keywords]
     if not gpu_tests:
         return
@@ -55,6 +74,50 @@ def pytest_collection_modifyitems(config, items):
         skip = pytest.mark.skip(reason="no CUDA device")
         for item in gpu_tests:
             item.add_marker(skip)
+
+
+# What a unit test may not start: Ray's own programs (ray.init spawns them) and the CLI.
+_NOT_IN_UNIT = re.compile(r"(^|/)(mnist-ray|ray|gcs_server|raylet)$|/ray/")
+_CLI_CODE = r"-m mnist_ray|mnist_ray\.cli"  # the CLI run as `python -m` or `python -c`
+
+
+@pytest.fixture(autouse=True)
+def _lane_guard(request, monkeypatch):
+    """In the unit lane, starting Ray or the CLI in a process fails the test, naming it."""
+    if request.node.get_closest_marker("unit") is None:
+        _OTHER_RAN[0] = True
+        yield
+        return
+    if not _OTHER_RAN[0] and _ray_running():  # only a unit test's fixture can have started it
+        sys.modules["ray"].shutdown()  # once: the tests after it are not blamed for it
+        pytest.fail("a fixture of this unit test started Ray: mark it cluster", pytrace=False)
+    started = subprocess.Popen.__init__
+
+    def guarded(self, args, *rest, **kwargs):
+        words = [str(a) for a in ([args] if isinstance(args, str | os.PathLike) else args)]
+        joined = " ".join(words)
+        if any(_NOT_IN_UNIT.search(w) for w in words[:3]) or re.search(_CLI_CODE, joined):
+            pytest.fail(
+                f"a unit test started {' '.join(words)[:120]!r}: mark it cluster "
+                "(tests/conftest.py, LANES)",
+                pytrace=False,
+            )
+        started(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
+    _UNIT_NOW[0] = True
+    try:
+        yield
+    finally:
+        _UNIT_NOW[0] = False
+
+
+_UNIT_NOW = [False]  # inside a unit test: ensure_ray refuses
+_OTHER_RAN = [False]  # a test of another lane ran in this session (and may have started Ray)
+
+
+def _ray_running() -> bool:
+    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
 
 
 @pytest.fixture(scope="session")
@@ -94,6 +157,8 @@ def tutorial_run(mnist_train):
 def ensure_ray():
     """One local Ray for the session (2 CPUs, loopback), started on first use and reused;
     a test that needs a cluster of its own shuts it down and the next user starts it again."""
+    if _UNIT_NOW[0]:
+        pytest.fail("a unit test asked for Ray (ensure_ray): mark it cluster", pytrace=False)
     import ray
 
     if not ray.is_initialized():

@@ -37,6 +37,7 @@ def test_every_command_has_help():
     assert "submit" in run("--help").stdout
 
 
+@pytest.mark.cluster
 def test_default_training_stores_the_tutorials_run(tutorial_store):
     store, row = tutorial_store
     assert row["epochs"] == 15 and row["batch_size"] == 100 and row["seed"] == 777
@@ -54,6 +55,7 @@ def test_default_training_stores_the_tutorials_run(tutorial_store):
     assert not (store / "checkpoints").exists()  # none written: --checkpoint-every 86400
 
 
+@pytest.mark.cluster
 @pytest.mark.parametrize("shards", ["1", "4", "7"])
 def test_evaluate_gives_0_9226_and_sample_3757_for_any_shard_count(tutorial_store, shards):
     store, run_row = tutorial_store
@@ -66,6 +68,7 @@ def test_evaluate_gives_0_9226_and_sample_3757_for_any_shard_count(tutorial_stor
     assert f"{row['sample_probabilities'][3]:.3f}" == "0.673"
 
 
+@pytest.mark.cluster
 def test_results_and_show_read_the_store(tutorial_store, tmp_path):
     store, run_row = tutorial_store
     run("evaluate", "--store", str(store), "--shards", "2")
@@ -82,6 +85,7 @@ def test_results_and_show_read_the_store(tutorial_store, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.cluster
 def test_evaluate_human_output(tutorial_store):
     store, _ = tutorial_store
     result = run("evaluate", "--store", str(store))
@@ -111,6 +115,7 @@ def test_bad_option_values_exit_2_and_write_nothing(tmp_path, args, option):
     assert not store.exists()
 
 
+@pytest.mark.cluster
 def test_unknown_run_is_one_line_exit_1(tutorial_store):
     store, _ = tutorial_store
     result = runner.invoke(app, ["evaluate", "--store", str(store), "--run", "run-nope"])
@@ -159,6 +164,7 @@ print("torch imported by the driver:", "torch" in sys.modules)
 """
 
 
+@pytest.mark.cluster
 def test_embedded_ray_from_a_fresh_process_and_no_torch_in_the_driver(tmp_path):
     """Both commands as a user runs them, each starting and stopping its own local Ray; the
     driver process reads data, gathers results and writes the store without importing torch

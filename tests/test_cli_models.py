@@ -68,6 +68,7 @@ def test_a_bad_model_optimizer_or_cpu_count_exits_2_naming_it(tmp_path, args, op
     assert not store.exists()
 
 
+@pytest.mark.cluster
 def test_submit_train_model_mlp_stores_model_optimizer_and_threads(mlp_store):
     store, row = mlp_store
     assert (row["model"], row["optimizer"], row["lr"], row["threads"]) == ("mlp", "adam", 0.001, 1)
@@ -76,6 +77,7 @@ def test_submit_train_model_mlp_stores_model_optimizer_and_threads(mlp_store):
     assert len(row["epoch_costs"]) == 1 and row["epoch_costs"][0] < 0.5  # it learned
 
 
+@pytest.mark.cluster
 def test_evaluate_runs_the_runs_model_identically_on_1_and_3_shards(mlp_store):
     store, row = mlp_store
     evaluations = []
@@ -115,6 +117,7 @@ def test_a_store_from_before_models_reads_as_softmax_and_sgd(tmp_path):
     assert "model" in table.stdout and "softmax" in table.stdout and "mlp" in table.stdout
 
 
+@pytest.mark.cluster
 def test_cpus_gives_the_training_task_that_many_cpus_and_torch_threads(tmp_path):
     """--cpus 2 on the session's 2-CPU Ray: the task holds both, and torch runs 2 threads."""
     ensure_ray()

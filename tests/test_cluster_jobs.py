@@ -13,11 +13,14 @@ import subprocess
 import threading
 from pathlib import Path
 
+import pytest
 from conftest import VENV_BIN, client_env, free_ports, mnist_ray, one_line_error, wait_until
 
 from mnist_ray.jobs import STOPPED, entrypoint
 from mnist_ray.query import read_rows
 from mnist_ray.store import Store
+
+pytestmark = pytest.mark.cluster  # the lane: Ray, a cluster or the CLI as a process
 
 JOB_ID = re.compile(r"raysubmit_\w+")
 

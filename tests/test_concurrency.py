@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
 from conftest import VENV_BIN, client_env, stored_run
 
 from mnist_ray.query import read_rows
 from mnist_ray.store import Store
+
+pytestmark = pytest.mark.cluster  # the lane: Ray, a cluster or the CLI as a process
 
 
 def test_eight_evaluations_and_four_trainings_at_once_all_succeed(mnist_data, tmp_path):

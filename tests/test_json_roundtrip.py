@@ -24,6 +24,8 @@ from mnist_ray.output import as_json
 from mnist_ray.query import read_rows
 from mnist_ray.store import Store
 
+pytestmark = pytest.mark.cluster  # the lane: the session's Ray, a head
+
 runner = CliRunner()
 
 NET = textwrap.dedent(

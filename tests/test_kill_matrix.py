@@ -18,6 +18,8 @@ import secrets
 import pytest
 from killmatrix import NOT_A_CASE, WHATS, Matrix, cases
 
+pytestmark = pytest.mark.cluster  # the lane: Ray, a cluster or the CLI as a process
+
 SEED = int(os.environ.get("KILL_MATRIX_SEED") or secrets.randbelow(2**31))
 CASES = cases(SEED, 12)
 

@@ -35,6 +35,8 @@ from mnist_ray.config import TrainConfig
 from mnist_ray.model import get_model, list_models
 from mnist_ray.train import Training, train
 
+pytestmark = pytest.mark.slow  # the lane: each lab's classic loop run beside ours
+
 CNN_STEPS = 50
 
 

@@ -28,6 +28,8 @@ import pytest
 from conftest import VENV_BIN, client_env
 from ray.dashboard.consts import DASHBOARD_METRIC_PORT
 
+pytestmark = pytest.mark.cluster  # the lane: Ray, a cluster or the CLI as a process
+
 PROBE = Path(__file__).with_name("netprobe.py")
 
 

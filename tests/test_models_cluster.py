@@ -39,6 +39,8 @@ from typer.testing import CliRunner
 
 from mnist_ray.cli import app
 
+pytestmark = pytest.mark.cluster  # the lane: Ray, a cluster or the CLI as a process
+
 MODELS = ["softmax", "mlp", "mlp-xavier", "mlp-deep", "mlp-dropout", "cnn", "cnn-deep"]
 TRAIN_IMAGES, TEST_IMAGES = 1_000, 2_000
 SHARDS = (1, 3, 4)

@@ -19,6 +19,8 @@ from conftest import client_env, mnist_ray
 from mnist_ray.jobs import check_shared_store
 from mnist_ray.store import Store, StoreError
 
+pytestmark = pytest.mark.cluster  # the lane: Ray, a cluster or the CLI as a process
+
 
 def bucket(url: str, name: str) -> str:
     client = boto3.client(

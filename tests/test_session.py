@@ -32,6 +32,8 @@ from mnist_ray.errors import ClusterError
 from mnist_ray.liveness import proc_stat
 from mnist_ray.session import MIN_RAY, check_ray_version
 
+pytestmark = pytest.mark.cluster  # the lane: Ray, a cluster or the CLI as a process
+
 # ---- the version floor ------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import VENV_BIN, client_env
 
 from mnist_ray.query import read_rows
@@ -98,6 +99,7 @@ def test_ray_output_goes_to_stderr_at_the_descriptor_level(tmp_path):
     assert [ln for ln in lines if ln.startswith("(raylet)")] == [one_line_notice(WORKER_DIED)]
 
 
+@pytest.mark.cluster
 def test_embedded_train_and_evaluate_print_one_json_document(mnist_data, tmp_path):
     store = tmp_path / "store"
     env = client_env(tmp_path, MNIST_RAY_DATA=str(mnist_data))

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import client_env, mnist_ray
 
 from mnist_ray.query import read_rows
 from mnist_ray.store import Store
+
+pytestmark = pytest.mark.cluster  # the lane: Ray, a cluster or the CLI as a process
 
 
 def test_sweep_through_the_jobs_api_lands_quarter_gpu_trials(ray_cli_cluster, tmp_path):
