@@ -33,8 +33,10 @@ def test_the_readmes_example_is_what_the_code_computes(tutorial_run, mnist_test)
     costs = dict(re.findall(r"^    Epoch: (\d{4}) cost = (\d\.\d{9})$", README, re.MULTILINE))
     assert set(costs) == {"0001", "0015"}, costs
     assert costs["0001"] == f"{tutorial_run.epoch_costs[0]:.9f}"
-    assert costs["0015"] == f"{tutorial_run.epoch_costs[-1]:.9f}"
-    assert f"final cost {tutorial_run.epoch_costs[-1]:.9f}" in README
+    # the last epoch's last digit follows the host (reference.COST_TOLERANCE)
+    assert abs(float(costs["0015"]) - tutorial_run.epoch_costs[-1]) <= ref.COST_TOLERANCE
+    (final,) = re.findall(r"final cost (\d\.\d{9})", README)
+    assert final == costs["0015"]
 
     images, labels = mnist_test
     sample = sample_index(777, len(labels))

@@ -11,6 +11,7 @@ the runtime_env the run gave it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -79,6 +80,7 @@ def file_run(tmp_path_factory):
     return folder, store, json.loads(got.stdout)
 
 
+@pytest.mark.cluster
 def test_a_file_model_trains_and_keeps_its_names_and_source(file_run):
     folder, store, row = file_run
     assert row["model"] == f"{folder}/net.py:Net" and row["model_source"] == NET
@@ -89,6 +91,7 @@ def test_a_file_model_trains_and_keeps_its_names_and_source(file_run):
     assert row["epoch_costs"][0] < 1.0  # it learned
 
 
+@pytest.mark.cluster
 def test_a_file_model_evaluates_alike_on_1_and_3_shards_then_without_its_file(file_run):
     folder, store, row = file_run
     got = []
@@ -112,6 +115,7 @@ def test_a_file_model_evaluates_alike_on_1_and_3_shards_then_without_its_file(fi
     assert run("show", "--store", str(store)).exit_code == 0
 
 
+@pytest.mark.cluster
 def test_package_module_factory_trains_and_evaluates(tmp_path, monkeypatch):
     """pkg.mod:make, importable here only (its folder joins sys.path after Ray started)."""
     ensure_ray()
@@ -230,7 +234,9 @@ def test_jobs_api_ships_a_relative_model_file_with_the_job(ray_cli_cluster, tmp_
     # and the package made of it in py_modules, both unpacked from the cluster's GCS.
     copies = list(cluster.temp_dir.rglob("jobnet.py"))
     assert copies and all("runtime_resources" in p.parts for p in copies), copies
-    packages = list(cluster.temp_dir.rglob("mnist_ray_user_*/__init__.py"))
+    # the package made of this file (other tests' models share the session's cluster)
+    name = "mnist_ray_user_" + hashlib.sha256(NET.encode()).hexdigest()[:12]
+    packages = list(cluster.temp_dir.rglob(f"{name}/__init__.py"))
     assert packages and all(p.read_text() == NET for p in packages), packages
     head_path = subprocess.run(
         [sys.executable, "-c", "import jobnet"],
