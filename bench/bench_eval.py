@@ -75,7 +75,7 @@ def timed_shard(boxed: list, start: int, stop: int, sample: int, model: str) -> 
     else:
         import onnxruntime  # noqa: F401
     imported = time.time()
-    part = evaluate_shard(w, x, y, start, stop, sample, model=model, onnx=onnx)
+    part = evaluate_shard(w, x, y, start, stop, sample=sample, model=model, onnx=onnx)
     return {
         "entered": entered,
         "imported": imported,

@@ -37,6 +37,7 @@ from mnist_ray.config import (
     MICRO_BATCH,
     NUM_CLASSES,
     WEIGHT_SHAPES,
+    first_line,
 )
 from mnist_ray.store import Store, StoreError
 
@@ -49,17 +50,23 @@ def engine() -> str:
 
 
 def export(model: str, weights: dict[str, np.ndarray]) -> bytes | None:
-    """The built-in `model` holding `weights`, as ONNX bytes for a batch of MICRO_BATCH
-    images (float32, 0..1) to their (MICRO_BATCH, 10) scores. None for a user's model
-    (see above), where the exporter is not installed, or where it fails (a torch whose
-    exporter changed): its shards then use torch, and the trained run is kept either way.
-    tests/test_artifact.py holds every built-in model exportable with our versions."""
+    """The built-in `model` holding `weights`, as ONNX bytes (see exported)."""
+    return exported(model, weights)[0]
+
+
+def exported(model: str, weights: dict[str, np.ndarray]) -> tuple[bytes | None, str | None]:
+    """(ONNX bytes, None): the built-in `model` holding `weights`, for a batch of
+    MICRO_BATCH images (float32, 0..1) to their (MICRO_BATCH, 10) scores. (None, why) where
+    the exporter is not installed or fails (a torch whose exporter changed): its shards
+    then use torch, and the trained run is kept either way. (None, None) for a user's model,
+    which is not meant to export (see above). tests/test_artifact.py holds every built-in
+    model exportable with our versions."""
     if usermodel.is_user(model):
-        return None
+        return None, None
     try:
         import onnx  # noqa: F401  (torch.onnx.export needs it)
     except ImportError:
-        return None
+        return None, "the onnx package is not installed (pip install onnx)"
     import torch
 
     from mnist_ray.model import with_weights
@@ -73,9 +80,9 @@ def export(model: str, weights: dict[str, np.ndarray]) -> bytes | None:
             torch.onnx.export(
                 module, (example,), buffer, dynamo=False, input_names=["images"], output_names=["scores"]
             )  # fmt: skip
-    except Exception:  # an optional speed-up must not lose a trained run
-        return None
-    return buffer.getvalue()
+    except Exception as exc:  # an optional speed-up must not lose a trained run
+        return None, f"torch.onnx.export failed: {type(exc).__name__}: {first_line(exc)}"
+    return buffer.getvalue(), None
 
 
 def scorer(data: bytes) -> Callable[[np.ndarray], np.ndarray]:

@@ -10,6 +10,7 @@ mnist-ray show                         # the random sample, drawn in the termina
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Annotated
 
@@ -117,41 +118,68 @@ def submit_train(
     from mnist_ray.placement import fits_this_machine
 
     if resume is None:
-        cfg = TrainConfig(dataset.value, epochs, batch_size, lr, seed, model, optimizer).validate()
+        cfg = TrainConfig(
+            dataset=dataset.value, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+            model=model, optimizer=optimizer,
+        ).validate()  # fmt: skip
         if address is None:  # an embedded Ray is this machine: refused before it starts
             fits_this_machine(gpus.value, cpus)
     target = _store_or_submit(ctx, address, store, wait)
-    from mnist_ray import data, resuming
+    from mnist_ray import data, runs
     from mnist_ray.store import new_id
 
     found = None
     if resume is not None:
-        found = resuming.resumable(target, resume, resuming.given(ctx, submit_train))
+        found = runs.resumable(target, resume, given(ctx, submit_train))
         if found["status"] == "finished":
             err.print(f"run {found['run_id']} is finished; nothing to resume")
             if as_json:
                 emit_json(found)
             return
-        cfg, gpus, cpus, checkpoint_every = resuming.settings(found, gpus, cpus, checkpoint_every)
+        cfg, g, cpus, checkpoint_every = runs.settings(found, gpus.value, cpus, checkpoint_every)
+        gpus = Gpus(g)
         if address is None:
             fits_this_machine(gpus.value, cpus)
     images, labels = data.load(cfg.dataset, "train", data_dir)
     target.check_writable()  # fail now, not after 15 epochs
-    from mnist_ray.cluster import train_and_store
+    from mnist_ray.runs import train_and_store
 
     run_id = found["run_id"] if found else new_id("run")
     try:
         row = train_and_store(
-            cfg, images, labels, target, address, gpus.value, checkpoint_every, err.print, cpus,
+            cfg, images, labels, target, address, gpus=gpus.value,
+            checkpoint_every=checkpoint_every, log=err.print, cpus=cpus,
             resume=found, keep=not discard, run_id=run_id,
         )  # fmt: skip
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM from `jobs stop`
-        err.print(resuming.interrupted(ctx, run_id, discard))
+        err.print(interrupted(ctx, run_id, discard))
         raise typer.Exit(128 + getattr(exc, "signum", 2)) from None
     if as_json:
         emit_json(row)
     else:
         emit(render.trained(row))
+
+
+# The options of `submit train` that are the run's settings (each a column of its row).
+SETTINGS = [f.name for f in dataclasses.fields(TrainConfig)] + ["gpus", "cpus", "checkpoint_every"]
+GIVEN = ("COMMANDLINE", "ENVIRONMENT")  # typer's sources of a value the user chose
+
+
+def given(ctx, command) -> dict[str, tuple[str, object]]:
+    """The settings given on the command line: {name: (option as spelled, value)}."""
+    return {
+        name: (ui.spelled(name, command), getattr(ctx.params[name], "value", ctx.params[name]))
+        for name in SETTINGS
+        if name in ctx.params and ctx.get_parameter_source(name).name in GIVEN
+    }
+
+
+def interrupted(ctx, run_id: str, discard: bool) -> str:
+    """What Ctrl-C (or SIGTERM) during `submit train` says last: how to go on."""
+    if discard:
+        return f"interrupted: run {run_id} discarded (its row and checkpoints deleted)"
+    again = ui.pasteable(ctx, "submit", "train", "--resume", run_id)
+    return f"interrupted: run {run_id} kept with its checkpoints; go on with: {again}"
 
 
 # ---- evaluate ---------------------------------------------------------------------------------
@@ -181,19 +209,23 @@ def evaluate(
     EvalConfig(shards).validate()
     target = _store_or_submit(ctx, address, store, wait)
     target.check_exists()  # a mistyped path is said so, not taken for an empty store
-    from mnist_ray.resuming import evaluable
+    from mnist_ray.runs import evaluable
 
-    found = evaluable(target, run, ctx)  # a finished run: the latest one when --run is not given
+    def again(run_id: str) -> str:  # how to finish a run that has no weights yet
+        return ui.pasteable(ctx, "submit", "train", "--resume", run_id)
+
+    found = evaluable(target, run, again)  # a finished run: the latest when --run is not given
     from mnist_ray import data
     from mnist_ray.artifact import scoring
-    from mnist_ray.cluster import evaluate_and_store
+    from mnist_ray.runs import evaluate_and_store
 
     weights, onnx = scoring(target, found)  # its exported model, else its checked weights
 
     images, labels = data.load(found["dataset"], "test", data_dir)
     target.check_writable()
     row = evaluate_and_store(
-        found, weights, images, labels, target, address, shards, err.print, onnx
+        found, weights, images, labels, target, address=address, shards=shards, log=err.print,
+        onnx=onnx,
     )  # fmt: skip
     if as_json:
         emit_json(row)
@@ -263,8 +295,10 @@ def sweep(
     from mnist_ray import sweep as sweeps
 
     spec = sweeps.definition(
-        lr, batch_size, seed, epochs, dataset.value, samples, search_seed, early_stop,
-        gpus_per_trial, cpus_per_trial, evaluate, shards, checkpoint_every, model, optimizer,
+        lr, batch_size=batch_size, seed=seed, epochs=epochs, dataset=dataset.value,
+        samples=samples, search_seed=search_seed, early_stop=early_stop,
+        gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial, evaluate=evaluate,
+        shards=shards, checkpoint_every=checkpoint_every, model=model, optimizer=optimizer,
     )  # fmt: skip
     if resume is not None:
         check_id(resume, "resume")
@@ -275,7 +309,7 @@ def sweep(
         fits_this_machine(share, cpus_per_trial, "gpus_per_trial", "cpus_per_trial")
     target = _store_or_submit(ctx, address, store, wait)
     summary = sweeps.run_sweep(
-        spec, target, address, data_dir, resume, log=err.print,
+        spec, target, address, data_dir=data_dir, resume=resume, log=err.print,
         again=lambda sweep_id: ui.pasteable(ctx, "sweep", "--resume", sweep_id, store=target.location),
     )  # fmt: skip
     if as_json:

@@ -3,13 +3,14 @@
     from mnist_ray.session import connect
     from mnist_ray.cluster import train_on_ray, evaluate_on_ray
     with connect(None):                      # an embedded local Ray, stopped on exit
-        outcome = train_on_ray(cfg, images, labels, store, run_id, gpus="auto")
+        outcome = train_on_ray(cfg, images, labels, store, run_id, gpus="auto")  # TrainOutcome
 
 Resources sit on the remote definitions: training is one task (`--cpus` CPUs, and
 `num_gpus=1` when the cluster has a GPU) that streams its epochs back as it runs,
 evaluation one `num_cpus=1` task per shard, spread over the nodes. Inputs go into the
-object store once (`ray.put`) and every task gets references; the driver submits everything, then gathers. The arithmetic lives in
-train.py and evaluate.py; nothing here computes.
+object store once (`ray.put`) and every task gets references; the driver submits
+everything, then gathers. The arithmetic lives in train.py and evaluate.py; nothing here
+computes, and nothing here writes a row: a run's life in the store is runs.py's.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import ray
 
-from mnist_ray import artifact, checkpoints, liveness, runstate, usermodel
+from mnist_ray import artifact, checkpoints, signals, usermodel
 from mnist_ray.config import (
     CHECKPOINT_EVERY,
     RETRIES,
@@ -28,27 +29,15 @@ from mnist_ray.config import (
     first_line,
 )
 from mnist_ray.errors import ClusterError
-from mnist_ray.evaluate import (
-    evaluate_shard,
-    merge,
-    misclassified_columns,
-    sample_index,
-    shard_bounds,
-)
+from mnist_ray.evaluate import evaluate_shard, merge, shard_bounds
+from mnist_ray.outcome import TrainOutcome
 from mnist_ray.output import say
 from mnist_ray.placement import training_request
-from mnist_ray.schema import evaluation_row, run_row
-from mnist_ray.session import bounded, connect
-from mnist_ray.store import Store, new_id, now
+from mnist_ray.session import bounded
+from mnist_ray.store import Store
 from mnist_ray.taskinfo import current_attempt, peak_rss_mib, where
 
-__all__ = [
-    "ClusterError",
-    "evaluate_and_store",
-    "evaluate_on_ray",
-    "train_and_store",
-    "train_on_ray",
-]
+__all__ = ["ClusterError", "evaluate_on_ray", "train_on_ray"]
 
 
 def _gather(
@@ -62,7 +51,7 @@ def _gather(
     Through Ray Client, a Ctrl-C held during a call is raised here, between calls."""
     try:
         while (done := len(ray.wait(refs, num_returns=len(refs), timeout=0.5)[0])) < len(refs):
-            runstate.raise_held()
+            signals.raise_held()
             if tick is not None:
                 tick(done)
         return ray.get(refs)
@@ -147,26 +136,25 @@ def training_stream(
             saved_at = time.monotonic()
         yield {"epoch": epoch.epoch, "cost": epoch.cost, "seconds": epoch.seconds}
     result = run.result()
+    onnx, not_exported = artifact.exported(config.model, result.weights)
+    on_gpu = result.device.startswith("cuda")
     yield {
-        "outcome": {
-            "weights": result.weights,
-            "onnx": artifact.export(config.model, result.weights),  # what the shards score with
-            "epoch_costs": result.epoch_costs,
-            "train_seconds": result.seconds,
-            "device": result.device,
-            "cuda_graph": result.cuda_graph,
-            "threads": None if device.type == "cuda" else result.threads,
-            "attempts": attempts,
-            "resumed_from_epoch": resume.epoch if resume else 0,
-            "torch_version": str(torch.__version__),  # a str subclass: unpickling imports torch
-            "peak_rss_mib": peak_rss_mib(),
-            "gpu_peak_mib": (
-                torch.cuda.max_memory_allocated() / 2**20
-                if result.device.startswith("cuda")
-                else None
-            ),
+        "outcome": TrainOutcome(
+            weights=result.weights,
+            onnx=onnx,  # what the shards score with
+            export_failure=not_exported,
+            epoch_costs=result.epoch_costs,
+            train_seconds=result.seconds,
+            device=result.device,
+            cuda_graph=result.cuda_graph,
+            threads=None if device.type == "cuda" else result.threads,
+            attempts=attempts,
+            resumed_from_epoch=resume.epoch if resume else 0,
+            torch_version=str(torch.__version__),  # a str subclass: unpickling imports torch
+            peak_rss_mib=peak_rss_mib(),
+            gpu_peak_mib=torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None,
             **where(),
-        }
+        )
     }
 
 
@@ -179,13 +167,14 @@ def train_on_ray(
     labels: np.ndarray,
     store: Store,
     run_id: str,
+    *,
     gpus: str = "auto",
     log: Callable[[str], None] = say,
     checkpoint_every: float = CHECKPOINT_EVERY,
     cpus: int = 1,
     on_epoch: Callable[[dict], None] = lambda item: None,
     on_stop: Callable[[], None] = lambda: None,
-) -> dict:
+) -> TrainOutcome:
     """Run the training task, print each epoch as it streams in; return its outcome.
     `cpus`: the CPUs the task asks Ray for, and torch's threads in it. `on_epoch(item)`
     sees each epoch printed; `on_stop()` runs at Ctrl-C before the task is cancelled."""
@@ -226,7 +215,7 @@ def train_on_ray(
     return outcome
 
 
-def _train_into(progress, *args) -> dict:
+def _train_into(progress, *args) -> TrainOutcome:
     """The training task for a Ray Client driver: the same generator, its epochs put on a
     queue (an actor) as they come, its outcome returned."""
     for item in training_stream(*args):
@@ -239,7 +228,9 @@ def _train_into(progress, *args) -> dict:
 train_into_task = ray.remote(num_cpus=1, max_retries=RETRIES)(_train_into)
 
 
-def _train_through_a_queue(args: tuple, options: dict, show: Callable, on_stop: Callable) -> dict:
+def _train_through_a_queue(
+    args: tuple, options: dict, show: Callable, on_stop: Callable
+) -> TrainOutcome:
     from ray.util.queue import Queue
 
     progress = Queue(actor_options={"num_cpus": 0})  # placed anywhere, holds no CPU
@@ -257,91 +248,12 @@ def _train_through_a_queue(args: tuple, options: dict, show: Callable, on_stop: 
         bounded(lambda: ray.kill(progress.actor), 30)
 
 
-def store_run(store: Store, run_id: str, cfg: TrainConfig, outcome: dict, /, **extra) -> dict:
-    """Write a trained run's weights, then its finished row, which replaces its running row.
-    `extra`: more columns (sweep_id, the run's settings), or one known better (created_at)."""
-    weights_uri, sha = store.write_weights(run_id, outcome["weights"])
-    onnx = outcome.get("onnx")
-    onnx_sha = store.write_artifact(run_id, onnx) if onnx is not None else None
-    columns = dict(
-        run_id=run_id,
-        created_at=now(),
-        **cfg.to_dict(),
-        device=outcome["device"],
-        node_id=outcome["node_id"],
-        hostname=outcome["hostname"],
-        gpu_ids=outcome["gpu_ids"],
-        cuda_graph=outcome["cuda_graph"],
-        epoch_costs=outcome["epoch_costs"],
-        train_seconds=outcome["train_seconds"],
-        attempts=outcome["attempts"],  # None in a Tune trial: sweep.py counts those itself
-        weights_uri=weights_uri,
-        weights_sha256=sha,
-        onnx_sha256=onnx_sha,
-        torch_version=outcome["torch_version"],
-        ray_version=ray.__version__,
-        peak_rss_mib=outcome["peak_rss_mib"],
-        gpu_peak_mib=outcome["gpu_peak_mib"],
-        threads=outcome["threads"],
-        model_source=usermodel.source_of(cfg.model),  # a user's file, to evaluate it later
-        status="finished",
-    )
-    row = run_row(**columns | extra | {"updated_at": now()})
-    store.write_row("runs", row)
-    return row
-
-
-def train_and_store(
-    cfg: TrainConfig,
-    images: np.ndarray,
-    labels: np.ndarray,
-    store: Store,
-    address: str | None,
-    gpus: str = "auto",
-    checkpoint_every: float = CHECKPOINT_EVERY,
-    log: Callable[[str], None] = say,
-    cpus: int = 1,
-    *,
-    resume: dict | None = None,
-    keep: bool = True,
-    run_id: str | None = None,
-) -> dict:
-    """`submit train`: the run's `running` row (all it takes to go on), then connect, train,
-    store weights and the finished row; returns that row. `resume`: the row of a run to go
-    on with, from its newest checkpoint; else a new run (`run_id`). Ctrl-C or SIGTERM leaves
-    it `interrupted`, an exception `failed`; keep=False (`--discard`) deletes it (runstate)."""
-    run_id = resume["run_id"] if resume else run_id or new_id("run")
-    created = resume["created_at"] if resume else now()
-    settings = dict(run_id=run_id, created_at=created, **cfg.to_dict())
-    settings["model_source"] = usermodel.source_of(cfg.model)  # a user's file: its text
-    settings |= dict(cpus=cpus, gpus=gpus, checkpoint_every=checkpoint_every)
-    costs: list[float] = []  # the epochs seen so far, for the row of a run left unfinished
-    left = runstate.Leaving(store, settings, costs, keep)
-    verb = "Resuming" if resume else "Training"
-    log(f"{verb} {cfg.model} on {cfg.dataset} for {cfg.epochs} epochs as run {run_id} ...")
-    with liveness.Heartbeat(store, run_id):
-        store.write_row("runs", runstate.unfinished(settings, "running", [], None))
-        try:
-            with connect(address, log=log), runstate.sigterm_stops():
-                outcome = train_on_ray(
-                    cfg, images, labels, store, run_id, gpus, log, checkpoint_every, cpus,
-                    on_epoch=lambda item: costs.append(item["cost"]), on_stop=left.interrupted,
-                )  # fmt: skip
-        except BaseException as exc:
-            left.because(exc)
-            raise
-        row = store_run(store, run_id, cfg, outcome, **settings)
-    checkpoints.clear(store, run_id)
-    return row
-
-
-# ---- evaluation -------------------------------------------------------------------------------
-
-
 def _shard_task(
     weights, images, labels, start: int, stop: int, sample: int, model: str, onnx: bytes | None
 ) -> dict:
-    part = evaluate_shard(weights, images, labels, start, stop, sample, model=model, onnx=onnx)
+    part = evaluate_shard(
+        weights, images, labels, start, stop, sample=sample, model=model, onnx=onnx
+    )
     part["node_id"] = ray.get_runtime_context().get_node_id()
     part["peak_rss_mib"] = peak_rss_mib()
     return part
@@ -356,6 +268,7 @@ def evaluate_on_ray(
     labels: np.ndarray,
     shards: int,
     sample: int,
+    *,
     log: Callable[[str], None] = say,
     model: str = "softmax",
     onnx: bytes | None = None,
@@ -372,7 +285,7 @@ def evaluate_on_ray(
     spread = dict(scheduling_strategy="SPREAD", **shipped)
     refs = [
         shard_task.options(name=f"shard {start}:{stop}", **spread).remote(
-            w, x, y, start, stop, sample, model, o
+            w, x, y, start, stop, sample=sample, model=model, onnx=o
         )
         for start, stop in shard_bounds(len(labels), shards)
     ]
@@ -389,48 +302,3 @@ def evaluate_on_ray(
     merged["node_ids"] = sorted({p["node_id"] for p in parts})
     merged["shard_peak_rss_mib"] = max(p["peak_rss_mib"] for p in parts)
     return merged
-
-
-def evaluate_and_store(
-    run: dict,
-    weights: dict[str, np.ndarray],
-    images: np.ndarray,
-    labels: np.ndarray,
-    store: Store,
-    address: str | None,
-    shards: int,
-    log: Callable[[str], None] = say,
-    onnx: bytes | None = None,
-) -> dict:
-    """`evaluate`: connect, evaluate the run's weights (or its exported model: artifact.scoring)
-    on Ray, write the evaluation row."""
-    sample = sample_index(run["seed"], len(labels))
-    log(f"Evaluating run {run['run_id']} ({run['model']}) on {shards} shard(s) ...")
-    started = time.perf_counter()
-    with connect(address, log=log):
-        merged = evaluate_on_ray(weights, images, labels, shards, sample, log, run["model"], onnx)
-    s = merged["sample"]
-    row = evaluation_row(
-        eval_id=new_id("eval"),
-        run_id=run["run_id"],
-        created_at=now(),
-        dataset=run["dataset"],
-        shards=shards,
-        accuracy=merged["accuracy"],
-        correct=merged["correct"],
-        total=merged["total"],
-        per_class_accuracy=merged["per_class_accuracy"],
-        confusion=merged["confusion"],
-        sample_index=s["index"],
-        sample_label=s["label"],
-        sample_prediction=s["prediction"],
-        sample_probabilities=s["probabilities"],
-        sample_pixels=s["pixels"],
-        eval_seconds=time.perf_counter() - started,
-        node_ids=merged["node_ids"],
-        shard_peak_rss_mib=merged["shard_peak_rss_mib"],
-        engine=merged["engine"],
-        **misclassified_columns(merged),
-    )
-    store.write_row("evaluations", row)
-    return row

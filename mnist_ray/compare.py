@@ -29,15 +29,16 @@ METRICS = ["last_cost", "best_cost", "accuracy", "device", "train_seconds"]
 EVAL_COLUMNS = ["eval_id", "run_id", "created_at", "dataset", "shards", "accuracy", "correct"]
 EVAL_COLUMNS += ["total", "eval_seconds"]
 RUN_READ = ["run_id", "created_at", *PARAMS, "device", "epoch_costs", "train_seconds", "failure"]
+HASHES = ["weights_sha256", "weights_digest"]  # what --all-columns adds to --json and --csv
 
 # One row per run: its parameters, costs, and the accuracy of its latest evaluation; a run
 # that is not finished has no final cost (its epoch_costs are the epochs done so far).
-RUNS_VIEW = f"""
-SELECT r.run_id, r.created_at, {", ".join(f"r.{p}" for p in PARAMS)},
+RUNS_VIEW = """
+SELECT r.run_id, r.created_at, {params},
        CASE WHEN r.status = 'finished' THEN r.epoch_costs[-1] END AS last_cost,
        CASE WHEN r.status = 'finished' THEN list_min(r.epoch_costs) END AS best_cost,
        e.accuracy, e.eval_id, r.device, r.train_seconds,
-       r.status, r.checkpoint_epoch, r.failure
+       r.status, r.checkpoint_epoch, r.failure{hashes}
 FROM runs r LEFT JOIN (
     SELECT run_id, arg_max(accuracy, created_at) AS accuracy, arg_max(eval_id, created_at) AS eval_id
     FROM evaluations GROUP BY run_id
@@ -75,10 +76,13 @@ def listing(
     """Runs filtered by `where` (SQL on the columns of RUNS_VIEW), ordered by `sort`, the
     first `limit` (the latest `limit` when unsorted), and the evaluations of those runs."""
     where = safe_where(where)
+    hashes = HASHES if all_columns else []
     con, bad = open_store(
-        store, columns={"runs": RUN_READ, "evaluations": [*EVAL_COLUMNS, "created_at"]}
+        store, columns={"runs": RUN_READ + hashes, "evaluations": [*EVAL_COLUMNS, "created_at"]}
     )
-    con.execute(f"CREATE VIEW listing AS {RUNS_VIEW}")
+    params = ", ".join(f"r.{p}" for p in PARAMS)
+    view = RUNS_VIEW.format(params=params, hashes="".join(f", r.{h}" for h in hashes))
+    con.execute(f"CREATE VIEW listing AS {view}")
     columns = [d[0] for d in con.execute("SELECT * FROM listing LIMIT 0").description]
     order = sort_key(sort, columns)
     sql = f"SELECT * FROM listing WHERE ({where or 'true'})"
@@ -98,7 +102,9 @@ def listing(
     run_columns = ["run_id", "created_at", *shown, *METRICS]
     if any(r["status"] != "finished" for r in runs):
         run_columns.append("status")  # rendered as "interrupted at epoch 3"
-    return Listing(runs, run_columns, same, evals, bad, total)
+    return Listing(
+        runs=runs, run_columns=run_columns, same=same, evaluations=evals, bad=bad, total=total
+    )
 
 
 def _evaluations(con, runs: list[dict] | None) -> list[dict]:
@@ -181,12 +187,26 @@ def compare_runs(store: Store, run_ids: list[str]) -> dict:
         "runs": summary,
         "differ": differ,
         "same": same,
+        "identical_weights": identical_weights(runs),
         "epochs": _epochs_side_by_side(runs, costs),
         "against_first": [
             _deltas(latest.get(runs[0]["run_id"]), latest.get(r["run_id"]), r["run_id"])
             for r in runs[1:]
         ],
     }
+
+
+def identical_weights(runs: list[dict]) -> list[list[str]]:
+    """Groups of two or more of `runs` whose weights are identical (equal weights_digest:
+    the tensors alone, not the file), in the order given; runs stored without a digest
+    (before it was recorded) are in none."""
+    groups: dict[str, list[str]] = {}
+    for r in runs:
+        if r.get("weights_digest"):
+            ids = groups.setdefault(r["weights_digest"], [])
+            if r["run_id"] not in ids:
+                ids.append(r["run_id"])
+    return [ids for ids in groups.values() if len(ids) > 1]
 
 
 def _epochs_side_by_side(runs: list[dict], costs: list[list[float]]) -> list[dict]:

@@ -29,6 +29,11 @@ class NamedError(RuntimeError):
         return type(self), (self.message, self.about, self.value)
 
 
+class RefusedError(NamedError):
+    """Bad input that shows only against the store (an option that contradicts the run it
+    resumes): one line and exit 2, as a bad option is."""
+
+
 class ClusterError(NamedError):
     """Ray could not be reached or cannot run the job; the message says what to do."""
 

@@ -61,6 +61,7 @@ def logits(
     images: np.ndarray,
     start: int = 0,
     stop: int | None = None,
+    *,
     model: str | nn.Module = "softmax",
     onnx: bytes | None = None,
 ) -> np.ndarray:
@@ -110,6 +111,7 @@ def evaluate_shard(
     labels: np.ndarray,
     start: int = 0,
     stop: int | None = None,
+    *,
     sample: int | None = None,
     model: str | nn.Module = "softmax",
     onnx: bytes | None = None,
@@ -121,7 +123,7 @@ def evaluate_shard(
     run's exported model, scored instead (artifact.py), `weights` then unused."""
     stop = len(labels) if stop is None else stop
     x, y = images[start:stop], np.asarray(labels[start:stop], dtype=np.int64)
-    z = logits(weights, images, start, stop, model, onnx)
+    z = logits(weights, images, start, stop, model=model, onnx=onnx)
     predicted = z.argmax(axis=1)
     confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
     np.add.at(confusion, (y, predicted), 1)

@@ -129,9 +129,9 @@ def load(
         good = [f for f in listed if store.uri(f) not in {b[0] for b in bad}]
         try:
             if store.is_local:
-                _local_scan(con, store, good, table, names, where, with_file=False)
+                _local_scan(con, store, good, table, names, where=where, with_file=False)
                 if _incomplete(con, table):  # rare: read again, naming each row's file
-                    _local_scan(con, store, good, table, names, where, with_file=True)
+                    _local_scan(con, store, good, table, names, where=where, with_file=True)
             else:
                 raw = _remote_scan(con, store, good, table, bad)
                 _materialize(con, raw, table, names, where)
@@ -153,7 +153,7 @@ class _BadFile(Exception):
         self.relpath, self.problem = relpath, problem
 
 
-def _local_scan(con, store: Store, relpaths, table: str, names, where, with_file: bool) -> None:
+def _local_scan(con, store: Store, relpaths, table: str, names, *, where, with_file: bool) -> None:
     """DuckDB reads the files itself; first without merging schemas (half the time), with
     `union_by_name` when a file lacks a column the first one has. Each row's file name is
     read only when asked for: it costs a fifth more."""

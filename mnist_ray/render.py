@@ -126,6 +126,8 @@ def compared(c: dict) -> list:
     pieces: list = [as_table("runs compared", columns, runs)]
     if same := same_in_every_run(c["same"]):
         pieces.append(f"same in every run: {same}")
+    for group in c.get("identical_weights", []):
+        pieces.append(f"identical weights (bit for bit): {' = '.join(group)}")
     epochs = [{"epoch": e["epoch"]} | {i: cell("cost", e[i]) for i in ids} for e in c["epochs"]]
     pieces.append(as_table("cost per epoch", ["epoch", *ids], epochs))
     for d in c["against_first"]:

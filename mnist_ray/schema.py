@@ -35,7 +35,7 @@ RUNS = pa.schema(
         # number) or Tune restarted the sweep trial (counted by marks in the store).
         ("attempts", pa.int32()),
         ("weights_uri", pa.string()),
-        ("weights_sha256", pa.string()),
+        ("weights_sha256", pa.string()),  # of the safetensors file: its integrity check
         ("torch_version", pa.string()),
         ("ray_version", pa.string()),
         ("peak_rss_mib", pa.float64()),  # the training task's process, at its peak
@@ -59,6 +59,11 @@ RUNS = pa.schema(
         # The model exported to ONNX after training (weights/<run_id>.onnx, artifact.py),
         # what the shards score with; null for a user's model and for older runs.
         ("onnx_sha256", pa.string()),
+        # sha256 over the tensors alone (store.tensors_digest): equal for identical weights
+        ("weights_digest", pa.string()),
+        # Why the model was not exported to ONNX when an export was tried and failed (it
+        # then evaluates in torch); null when it exported or was not meant to.
+        ("export_failure", pa.string()),
     ]
 )
 # A run's identity and settings, in every row of it; the rest (what training produced)
@@ -122,7 +127,7 @@ OPTIONAL = {"peak_rss_mib", "gpu_peak_mib", "shard_peak_rss_mib", "sweep_id"}
 OPTIONAL |= {f"misclassified_{c}" for c in ("index", "label", "prediction", "pixels")}
 OPTIONAL |= {"model", "optimizer", "threads", "model_source"}
 OPTIONAL |= {"updated_at", "status", "failure", "cpus", "gpus", "checkpoint_every"}
-OPTIONAL |= {"onnx_sha256", "engine"}
+OPTIONAL |= {"onnx_sha256", "engine", "weights_digest", "export_failure"}
 # Names optional in one table and required in another: a sweep row always has its status.
 REQUIRED = {"sweeps": {"updated_at", "status"}}
 
@@ -163,6 +168,15 @@ def make_row(table: str, values: dict) -> dict:
 def run_row(**values) -> dict:
     """A row of `runs`: one training run (see RUNS)."""
     return make_row("runs", values)
+
+
+def finished_run_row(outcome, **values) -> dict:
+    """A finished run's row: every field of `outcome` (a TrainOutcome) that is a column of
+    RUNS, as it is, and `values` for the rest (settings, where the weights went, ...)."""
+    from dataclasses import fields
+
+    produced = {f.name: getattr(outcome, f.name) for f in fields(outcome) if f.name in RUNS.names}
+    return run_row(**produced | values)
 
 
 def evaluation_row(**values) -> dict:

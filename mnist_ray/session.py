@@ -8,9 +8,9 @@ Inside, Ray's output goes to stderr; after it nothing of an embedded Ray is left
 whatever ended the block (an error, a Ctrl-C at any moment).
 
 The one module that depends on Ray's version. Besides ray.init/shutdown it leans on:
-- Ray >= 2.52 (token auth), `ray._private.authentication.authentication_token_setup.
-  _enable_token_auth()`, `ray._private.ray_constants.ENABLE_RAY_CLUSTER` (read at import),
-  `ray._raylet.Config.initialize("")` (re-reads Ray's config from the environment);
+- Ray >= 2.52 (token auth), `ray._private.ray_constants.ENABLE_RAY_CLUSTER` (read at
+  import), `ray._raylet.Config.initialize("")` (re-reads Ray's config from the environment);
+  every private name is listed in internals.py;
 - RAY_AUTH_MODE/_TOKEN/_TOKEN_PATH, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER,
   RAY_enable_metrics_collection; Ray's messages quoted in START_TIMEOUT, CLIENT_SERVER_FAILED;
 - how a local node runs: the driver forks the GCS, raylet and helpers from Ray's package
@@ -35,24 +35,34 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import ray
 
-from mnist_ray import leftovers, runstate
+from mnist_ray import leftovers, signals
 from mnist_ray.errors import ClusterError, token_error
 from mnist_ray.liveness import proc_stat
 from mnist_ray.output import say
 from mnist_ray.streams import ray_output_to_stderr
 
-MIN_RAY = (2, 52)  # token authentication (ray._private.authentication) arrived in 2.52
+MIN_RAY = (2, 52)  # token authentication arrived in 2.52
 START_TIMEOUT = "timed out during startup"  # Ray's message when a raylet did not register
 CLIENT_SERVER_FAILED = "Starting Ray client server failed"  # a ray:// start to try again
 LOCAL_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": every Ray process stays on loopback
 NO_METRICS = "RAY_enable_metrics_collection"  # "0": no Prometheus port, which has no token
 QUIET = dict(log_to_driver=False, logging_level=logging.ERROR)  # Ray's logs stay in its files
+# Ray 2.52-2.5x warn in ray.init, on stderr, that a later Ray will stop setting
+# CUDA_VISIBLE_DEVICES="" for tasks that ask no GPU. Our tasks decide their device
+# themselves (a CPU task never looks for CUDA), so the tip is Ray's business, not the user's:
+# it is silenced, and the behaviour kept (RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO is left alone).
+warnings.filterwarnings(
+    "ignore",
+    message=r"Tip: In future versions of Ray, Ray will no longer override",
+    category=FutureWarning,
+)
 
 
 def check_ray_version(version: str) -> None:
@@ -73,7 +83,7 @@ def connect(
     """An embedded local Ray (address None) or an existing cluster ('auto', 'host:port',
     'ray://host:10001'); disconnects, and ends an embedded one, on the way out. `polled`:
     the block waits in short calls, so through Ray Client a Ctrl-C can wait for the one in
-    flight (runstate.held_between_calls); a block that waits in one long call says False."""
+    flight (signals.held_between_calls); a block that waits in one long call says False."""
     check_ray_version(ray.__version__)
     if address is not None:
         _check_reachable(address)
@@ -113,7 +123,7 @@ def _existing(address: str, log: Callable[[str], None], polled: bool) -> Iterato
     _keep_loopback(address)
     _token_alone_is_enough()
     client = address.startswith("ray://")  # Ray Client: signals held between its calls
-    with runstate.held_between_calls() if client and polled else contextlib.nullcontext():
+    with signals.held_between_calls() if client and polled else contextlib.nullcontext():
         yield from _connected(address, log, started)
 
 
@@ -396,10 +406,11 @@ def _token_alone_is_enough() -> None:
     (jobs.py), a token given alone is meant to be used."""
     if os.environ.get("RAY_AUTH_TOKEN", "").strip() and "RAY_AUTH_MODE" not in os.environ:
         os.environ["RAY_AUTH_MODE"] = "token"
-        # Ray caches its config at import: refresh it, as Ray's own switch to token mode does.
-        from ray._private.authentication import authentication_token_setup
+        # Ray caches its config at import: refresh it, as Ray's own switch to token mode
+        # does (Ray 2.60's authentication_token_setup._enable_token_auth, absent in 2.52).
+        from ray._raylet import Config
 
-        authentication_token_setup._enable_token_auth()
+        Config.initialize("")
 
 
 def _connect_error(address: str | None, exc: BaseException, said: str) -> Exception:

@@ -228,6 +228,18 @@ class Store:
         return weights
 
 
+def tensors_digest(arrays: dict[str, np.ndarray]) -> str:
+    """sha256 over the tensors alone: each name, dtype, shape and bytes, in sorted name
+    order. Equal for any two runs with identical weights, whatever else their files hold
+    (the safetensors header names the run, so weights_sha256 differs between them)."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}\0{a.dtype.str}\0{list(a.shape)}\0".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def encode_tensors(arrays: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> bytes:
     from safetensors.numpy import save
 

@@ -70,7 +70,8 @@ def trial(config: dict, images, labels) -> None:
     because Tune would retry it like a dead worker."""
     from ray import tune
 
-    from mnist_ray.cluster import store_run, training_stream
+    from mnist_ray.cluster import training_stream
+    from mnist_ray.runs import store_run
 
     run_id, cfg = config["trial"]["run_id"], TrainConfig(**config["trial"]["cfg"])
     source = config.get("model_sources", {}).get(cfg.model)
@@ -133,7 +134,9 @@ def run_sweep(
     started = time.perf_counter()
     try:
         with connect(address, log=log, polled=False):  # Tune waits in one call
-            failed, stopped = _tune(spec, store, sweep_id, todo, images, labels, log)
+            failed, stopped = _tune(
+                spec, store, sweep_id, todo, images=images, labels=labels, log=log
+            )
             if spec["evaluate"]:
                 _evaluate(store, sweep_id, spec, data_dir, log)
     except BaseException as exc:  # the row says how it ended; trials that finished keep runs
@@ -143,7 +146,7 @@ def run_sweep(
             log(f"To go on: {again(sweep_id) if again else f'mnist-ray sweep (resume {sweep_id})'}")
         raise
     seconds = time.perf_counter() - started
-    row, runs = write_sweep(store, sweep, "finished", seconds, failed, stopped)
+    row, runs = write_sweep(store, sweep, "finished", seconds, failed=failed, stopped=stopped)
     return {**row, **leaderboard(store, row, runs)}
 
 
@@ -181,7 +184,7 @@ def gpu_share(spec: dict, log: Callable[[str], None]) -> float:
     return float(asked)
 
 
-def _tune(spec, store, sweep_id, todo, images, labels, log) -> tuple[list[str], list[str]]:
+def _tune(spec, store, sweep_id, todo, *, images, labels, log) -> tuple[list[str], list[str]]:
     """One Tune experiment over `todo`; returns (failed "run_id: cause", stopped run_ids)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -292,7 +295,7 @@ def _progress(total: int):
 def _evaluate(store: Store, sweep_id: str, spec: dict, data_dir, log) -> None:
     """Every trial run without an evaluation, on the sharded evaluator; one row each."""
     from mnist_ray.artifact import scoring
-    from mnist_ray.cluster import evaluate_and_store
+    from mnist_ray.runs import evaluate_and_store
 
     evaluated = {e["run_id"] for e in read_rows(store, "evaluations")[0]}
     runs = [r for r in sweep_runs(store, sweep_id) if r["run_id"] not in evaluated]
@@ -302,6 +305,7 @@ def _evaluate(store: Store, sweep_id: str, spec: dict, data_dir, log) -> None:
     for run in runs:  # on the connected Ray: evaluate_and_store's connect() reuses it
         weights, onnx = scoring(store, run)  # its exported model, else its checked weights
         row = evaluate_and_store(
-            run, weights, images, labels, store, None, spec["shards"], log, onnx
+            run, weights, images, labels, store, address=None, shards=spec["shards"], log=log,
+            onnx=onnx,
         )  # fmt: skip
         log(f"Evaluated {run['run_id']}: accuracy {row['accuracy']:.4f}")

@@ -86,6 +86,7 @@ def _distinct(name: str, text: str, values: list) -> list:
 
 def definition(
     lr: str | None = None,  # None: each model's lab rate (0.1 for softmax: the tutorial's run)
+    *,
     batch_size: str = str(TrainConfig.batch_size),
     seed: str = str(TrainConfig.seed),
     epochs: int = TrainConfig.epochs,

@@ -28,7 +28,7 @@ from rich.text import Text
 
 from mnist_ray.config import DEFAULT_MODEL, MODEL_DEFAULTS, OPTIMIZERS, ConfigError, check_id
 from mnist_ray.data import DataError
-from mnist_ray.errors import ClusterError
+from mnist_ray.errors import ClusterError, RefusedError
 from mnist_ray.output import as_json
 from mnist_ray.store import StoreError
 from mnist_ray.streams import user_address
@@ -152,6 +152,8 @@ def friendly(command: str | None = None):
             except ConfigError as exc:
                 hint = f"'{spelled(exc.param, fn)}'"
                 raise typer.BadParameter(exc.message, param_hint=hint) from None
+            except RefusedError as exc:  # bad input seen against the store: as a bad option
+                fail(exc.line(spelled(exc.about, fn)) if exc.about else str(exc), 2)
             except (StoreError, ClusterError) as exc:  # `store` is written `--store PATH: ...`
                 fail(exc.line(spelled(exc.about, fn)) if exc.about else str(exc))
             except DataError as exc:

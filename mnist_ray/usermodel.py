@@ -18,9 +18,8 @@ folder; a `package.module` ships its top-level package's folder (unless it is in
 site-packages, where the cluster has it too). Ray uploads those folders to the cluster
 (its GCS) and each task that gets `runtime_env={"py_modules": [uri]}` imports them from its
 own copy. Ray accepts only URIs in a task's runtime_env (local folders only in ray.init's,
-which session.py owns), so the folders are uploaded here with the function ray.init itself
-uses, `upload_py_modules_if_needed`; through Ray Client it uploads over the client
-connection. A task learns which module a file spec became from MNIST_RAY_USER_MODELS
+which session.py owns), so the folders are uploaded with the function ray.init itself uses
+(shipping.py, the one place that calls Ray's packaging). A task learns which module a file spec became from MNIST_RAY_USER_MODELS
 (JSON {spec: module}) in the same runtime_env.
 
 Imports only errors.py (config.py imports this module to check a spec) and torch only when
@@ -103,7 +102,7 @@ def load(spec: str) -> Loaded:
     shipped = json.loads(os.environ.get(MODULES_VAR) or "{}").get(spec)
     if shipped:  # a Ray task: the runtime_env put the module on sys.path
         module = _import(spec, shipped)
-        loaded = Loaded(spec, module, attr, _read(module), None, True)
+        loaded = Loaded(spec, module, attr, source=_read(module), ship=None, mapped=True)
         _LOADED[spec] = loaded
         return loaded
     if kind == "file":
@@ -119,7 +118,9 @@ def load(spec: str) -> Loaded:
         if os.getcwd() not in sys.path:
             sys.path.append(os.getcwd())
     module = _import(spec, target)
-    _LOADED[spec] = Loaded(spec, module, attr, None, _package_path(target), False)
+    _LOADED[spec] = Loaded(
+        spec, module, attr, source=None, ship=_package_path(target), mapped=False
+    )
     return _LOADED[spec]
 
 
@@ -146,7 +147,7 @@ def restore(spec: str, source: str, shown: str | None = None) -> Loaded:
             raise ModelError(f"importing {target} raised {_named(exc)}", value=spec) from None
     if spec in _LOADED and _LOADED[spec].module is not module:
         _CHECKED.discard(spec)  # other code under the same spec: check it again
-    _LOADED[spec] = Loaded(spec, module, attr, source, None, True)
+    _LOADED[spec] = Loaded(spec, module, attr, source=source, ship=None, mapped=True)
     return _LOADED[spec]
 
 
@@ -336,45 +337,15 @@ def task_options(spec: str) -> dict:
 
 
 def upload(path: Path, spec: str) -> str:
-    """A gcs:// URI for the folder (or .py file), uploaded as ray.init uploads py_modules."""
-    import ray
-    from ray._private.runtime_env.py_modules import upload_py_modules_if_needed
+    """A gcs:// URI for the folder (or .py file), uploaded to the connected cluster."""
+    from mnist_ray.shipping import upload_package
 
     try:
-        if ray.util.client.ray.is_connected():
-            return _upload_through_client(path)
-        with tempfile.TemporaryDirectory() as scratch:
-            env = upload_py_modules_if_needed(
-                {"py_modules": [str(path)]}, include_gitignore=True, scratch_dir=scratch
-            )
+        return upload_package(path)
     except Exception as exc:
         raise ClusterError(
             f"shipping {path} to the cluster failed: {_line(exc)}", "model", spec
         ) from None
-    return env["py_modules"][0]
-
-
-def _upload_through_client(path: Path) -> str:
-    """Ray 2.60's Ray Client proxy answers PinRuntimeEnvURI, the first step of Ray's upload,
-    with UNIMPLEMENTED, and its client retries that forever; so through ray:// the package
-    is made and put in the GCS here, by the same functions, without the pin (a temporary
-    reference that only guards a package between upload and a job's start)."""
-    from ray._private.runtime_env import packaging
-
-    folder = path.is_dir()
-    uri = (
-        packaging.get_uri_for_directory(str(path), include_gitignore=True)
-        if folder
-        else packaging.get_uri_for_file(str(path))
-    )
-    if not packaging.package_exists(uri):
-        with tempfile.TemporaryDirectory() as scratch:
-            target = Path(scratch) / "package.zip"
-            packaging.create_package(
-                str(path), target, include_gitignore=True, include_parent_dir=folder
-            )
-            packaging.upload_package_to_gcs(uri, target.read_bytes())
-    return uri
 
 
 def job_files(spec: str, folder: Path) -> tuple[str, dict]:

@@ -92,6 +92,7 @@ def cli(*args: str):
     return runner.invoke(app, list(args), catch_exceptions=False)
 
 
+@pytest.mark.cluster
 def test_evaluate_uses_the_export_refuses_a_changed_one_and_reads_older_runs(tmp_path):
     ensure_ray()
     where = str(tmp_path / "store")

@@ -16,6 +16,8 @@ from mnist_ray.placement import check_fits, gpu_request
 from mnist_ray.session import connect
 from mnist_ray.store import Store
 
+pytestmark = pytest.mark.cluster  # the lane: Ray, a cluster or the CLI as a process
+
 
 @pytest.fixture(scope="module")
 def random_weights():
@@ -29,23 +31,28 @@ def random_weights():
 def test_training_task_reports_where_it_ran(ray_local, mnist_train, tmp_path):
     notices = []
     outcome = train_on_ray(
-        TrainConfig(epochs=1), *mnist_train, Store(tmp_path), "run-t1", "auto", log=notices.append
+        TrainConfig(epochs=1),
+        *mnist_train,
+        Store(tmp_path),
+        "run-t1",
+        gpus="auto",
+        log=notices.append,
     )
     assert notices == [
         "No GPU in the Ray cluster: training on the CPU.",
         "Epoch: 0001 cost = 0.535150588",  # progress, once per epoch
     ]
-    assert f"{outcome['epoch_costs'][0]:.9f}" == "0.535150588"
-    assert outcome["device"] == "cpu" and outcome["gpu_ids"] == []
-    assert outcome["node_id"] == ray_local.get_runtime_context().get_node_id()
-    assert outcome["weights"]["weight"].shape == (10, 784)
+    assert f"{outcome.epoch_costs[0]:.9f}" == "0.535150588"
+    assert outcome.device == "cpu" and outcome.gpu_ids == []
+    assert outcome.node_id == ray_local.get_runtime_context().get_node_id()
+    assert outcome.weights["weight"].shape == (10, 784)
     # progress came over Ray: the task wrote nothing to the store (a checkpoint waits 60 s)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_checkpoint_every_0_writes_one_per_epoch_but_the_last(ray_local, mnist_train, tmp_path):
     train_on_ray(
-        TrainConfig(epochs=3), *mnist_train, Store(tmp_path), "run-c0", "0",
+        TrainConfig(epochs=3), *mnist_train, Store(tmp_path), "run-c0", gpus="0",
         log=lambda _: None, checkpoint_every=0,
     )  # fmt: skip
     names = sorted(p.name for p in (tmp_path / "checkpoints" / "run-c0").iterdir())
@@ -79,8 +86,15 @@ def test_shard_progress_counts_up(ray_local, random_weights, mnist_test):
 
 @pytest.mark.parametrize("shards", [1, 5])
 def test_sharded_evaluation_equals_one_pass(ray_local, random_weights, mnist_test, shards):
+    import torch
+
     images, labels = mnist_test
-    expected = merge([evaluate_shard(random_weights, images, labels, sample=42)])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a shard task (num_cpus=1): the sums' order is the count's
+    try:
+        expected = merge([evaluate_shard(random_weights, images, labels, sample=42)])
+    finally:
+        torch.set_num_threads(threads)
     got = evaluate_on_ray(random_weights, images, labels, shards, 42)
     assert got.pop("node_ids") == [ray_local.get_runtime_context().get_node_id()]
     assert got.pop("shard_peak_rss_mib") > 0  # a worker process's peak, whatever it ran before
@@ -115,12 +129,12 @@ def test_two_node_cluster_puts_training_on_the_gpu_node(mnist_train, mnist_test,
         cluster.wait_for_nodes()
         assert gpu_request("auto") == 1
         outcome = train_on_ray(
-            TrainConfig(epochs=1), *mnist_train, Store(tmp_path), "run-gpu", "auto", log=print
+            TrainConfig(epochs=1), *mnist_train, Store(tmp_path), "run-gpu", gpus="auto", log=print
         )
-        assert outcome["node_id"] == gpu_node.node_id
-        assert outcome["gpu_ids"] == [0]
+        assert outcome.node_id == gpu_node.node_id
+        assert outcome.gpu_ids == [0]
         images, labels = mnist_test
-        weights = outcome["weights"]
+        weights = outcome.weights
         result = evaluate_on_ray(weights, images, labels, 4, 3757)
         assert result["total"] == 10000 and result["sample"]["index"] == 3757
         deadline = time.monotonic() + 60  # task events reach the state API asynchronously
@@ -153,12 +167,12 @@ def test_epochs_are_shown_live_once_each(ray_local, mnist_train, tmp_path):
         *mnist_train,
         Store(tmp_path),
         "run-live",
-        "0",
+        gpus="0",
         log=lambda line: lines.append((time.monotonic(), line)),
     )
     epochs = [line for _, line in lines if line.startswith("Epoch: ")]
     assert epochs == [
-        f"Epoch: {i:04d} cost = {c:.9f}" for i, c in enumerate(outcome["epoch_costs"], 1)
+        f"Epoch: {i:04d} cost = {c:.9f}" for i, c in enumerate(outcome.epoch_costs, 1)
     ]
     shown_at = {round(t, 2) for t, line in lines if line.startswith("Epoch: ")}
     assert len(shown_at) > 1  # shown as they came, not all at once at the end
@@ -194,11 +208,11 @@ def test_first_epoch_reaches_the_driver_while_training_goes_on(mnist_train, tmp_
         stack.enter_context(connect(cluster.address))
         cluster.wait_for_nodes()
         outcome = train_on_ray(
-            TrainConfig(epochs=60), *mnist_train, Store(tmp_path), "run-60", "auto", log=log
+            TrainConfig(epochs=60), *mnist_train, Store(tmp_path), "run-60", gpus="auto", log=log
         )
     finally:
         stack.close()
         cluster.shutdown()
-    assert outcome["node_id"] == gpu_node.node_id and len(outcome["epoch_costs"]) == 60
+    assert outcome.node_id == gpu_node.node_id and len(outcome.epoch_costs) == 60
     assert seen[1] == ["RUNNING"], seen  # epoch 1 arrived while the task went on
     assert not (tmp_path / "checkpoints").exists()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,18 +27,21 @@ import faults
 import pyarrow.parquet as pq
 import pytest
 import ray
-from conftest import stored_run
+from conftest import free_ports, stored_run
 from ray.cluster_utils import Cluster
 from ray.util.state import list_tasks
 from typer.testing import CliRunner
 
-from mnist_ray import cli, cluster, data
+from mnist_ray import cli, cluster, data, runs
 from mnist_ray.config import RETRIES, TrainConfig
 from mnist_ray.query import read_rows
 from mnist_ray.store import Store
 
 DATA = data.data_root()
-pytestmark = pytest.mark.usefixtures("mnist_data")  # the MNIST files, downloaded if missing
+pytestmark = [
+    pytest.mark.usefixtures("mnist_data"),  # the MNIST files, downloaded if missing
+    pytest.mark.cluster,  # the lane: Ray, a cluster or the CLI as a process
+]
 # Ray rewrites a 127.0.0.1 address to the machine's outward IP unless told the cluster is
 # local only; everything here stays on the loopback interface.
 LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
@@ -50,12 +52,6 @@ MNIST_RAY = (
     if _SCRIPT.exists()
     else [sys.executable, "-c", "from mnist_ray.cli import app; app()"]
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait(predicate, what: str, timeout: float = 60.0, every: float = 0.1):
@@ -140,10 +136,10 @@ def loopback_cluster(
         head_node_args=dict(
             num_cpus=2,
             node_ip_address="127.0.0.1",
-            gcs_server_port=_free_port(),
+            gcs_server_port=free_ports(1)[0],
             include_dashboard=True,  # the state API answers through it
             dashboard_host="127.0.0.1",
-            dashboard_port=_free_port(),
+            dashboard_port=free_ports(1)[0],
         ),
     )
     ours = head.address
@@ -244,7 +240,7 @@ def _train_and_store(train_split, store: Store) -> dict:
     """`submit train --epochs 5 --checkpoint-every 0` through this process's driver, whose
     workers take faults from the token folder."""
     store.check_writable()
-    return cluster.train_and_store(
+    return runs.train_and_store(
         TrainConfig(epochs=5), *train_split, store, None, checkpoint_every=0, log=lambda _: None
     )
 
@@ -495,7 +491,7 @@ def test_a_request_no_node_can_take_fails_fast(local, tmp_path, option, said):
 def test_unreachable_address_fails_fast(tmp_path):
     proc = subprocess.run(
         [*MNIST_RAY, "submit", "train", "--epochs", "1"]
-        + ["--store", str(tmp_path), "--address", f"127.0.0.1:{_free_port()}"],
+        + ["--store", str(tmp_path), "--address", f"127.0.0.1:{free_ports(1)[0]}"],
         capture_output=True,
         text=True,
         timeout=60,  # Ray's own connect retries would go on for minutes

@@ -36,7 +36,7 @@ def test_an_error_the_task_raised_is_its_cause_once(ray_local):
     images, labels = np.zeros((100, 28, 28), np.uint8), np.zeros(100, np.uint8)
     unopenable = SimpleNamespace(location="nope://x")  # what the task gets: the location
     with pytest.raises(ClusterError) as got:
-        train_on_ray(TrainConfig(epochs=1), images, labels, unopenable, "r", "0", log=print)
+        train_on_ray(TrainConfig(epochs=1), images, labels, unopenable, "r", gpus="0", log=print)
     message = str(got.value)
     # Raised in the task, where no command is at hand: the parameter's name, not `--store`.
     assert message.startswith("training failed: StoreError: store nope://x: "), message

@@ -1,5 +1,6 @@
 """The package's modules depend downward only: no import cycle, counting the imports made
-inside functions, and no module reaches for another's private name."""
+inside functions, and no module reaches for another's private name; and no call in it
+passes more than five arguments by position."""
 
 from __future__ import annotations
 
@@ -53,3 +54,15 @@ def test_no_module_imports_a_private_name_of_another():
         if name.startswith("_")
     ]
     assert private == []
+
+
+MOST_POSITIONAL = 5  # past this, a call names its arguments: one swapped pair is a silent bug
+
+
+def test_no_call_in_the_package_passes_more_than_five_arguments_by_position():
+    found = []
+    for path in sorted(PACKAGE.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call) and len(node.args) > MOST_POSITIONAL:
+                found.append(f"{path.name}:{node.lineno}: {ast.unparse(node.func)}")
+    assert found == [], "name the arguments (keyword-only past the fifth):\n" + "\n".join(found)

@@ -20,7 +20,7 @@ from mnist_ray.store import Store, StoreError
 
 runner = CliRunner()
 PACKAGE = Path(mnist_ray.__file__).parent
-CLI_MODULES = {"cli.py", "cli_store.py", "resuming.py", "ui.py", "helptext.py"}  # the CLI
+CLI_MODULES = {"cli.py", "cli_store.py", "ui.py", "helptext.py"}  # the CLI
 # jobs.py builds and reads the command line a job runs (`entrypoint`, `submit_cli`).
 COMMAND_LINES = {("jobs.py", "entrypoint"), ("jobs.py", "submit_cli")}
 OPTION = re.compile(r"^--[a-z]")

@@ -21,13 +21,15 @@ import pytest
 from conftest import REPO, VENV_BIN, ensure_ray, run_row, stored_run
 from typer.testing import CliRunner
 
-from mnist_ray import cluster, liveness, runstate
+from mnist_ray import liveness, runs, signals
 from mnist_ray.cli import app
 from mnist_ray.compact import compact
 from mnist_ray.config import TrainConfig
 from mnist_ray.errors import ClusterError
 from mnist_ray.query import read_rows
 from mnist_ray.store import Store, now
+
+pytestmark = pytest.mark.cluster  # the lane: Ray, a cluster or the CLI as a process
 
 runner = CliRunner()
 TRAIN = ["submit", "train", "--epochs", "3", "--checkpoint-every", "0"]
@@ -203,21 +205,21 @@ def test_through_ray_client_a_signal_waits_for_the_call_in_flight():
     got: list[str] = []
     handlers = [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
     with pytest.raises(KeyboardInterrupt):
-        with runstate.held_between_calls():
+        with signals.held_between_calls():
             press(signal.SIGINT)
             got.append("the call ended")
-            runstate.raise_held()  # the polling loop, between calls
+            signals.raise_held()  # the polling loop, between calls
             got.append("went on")
-    with pytest.raises(runstate.Stopped):
-        with runstate.held_between_calls(), runstate.sigterm_stops():
+    with pytest.raises(signals.Stopped):
+        with signals.held_between_calls(), signals.sigterm_stops():
             press(signal.SIGTERM)
             got.append("the block ended")
     with pytest.raises(KeyboardInterrupt):
-        with runstate.held_between_calls():
+        with signals.held_between_calls():
             press(signal.SIGINT)
             press(signal.SIGINT)
             got.append("held twice")
-    with runstate.held_between_calls():
+    with signals.held_between_calls():
         got.append("no signal")
     assert got == ["the call ended", "the block ended", "no signal"]
     assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers
@@ -257,7 +259,7 @@ def test_a_running_run_reads_running_while_its_driver_beats_and_is_not_resumed(t
     store = Store(str(tmp_path))
     settings = dict(run_id="run-live", created_at=now(), **TrainConfig(epochs=3).to_dict())
     with liveness.Heartbeat(store, "run-live"):
-        store.write_row("runs", runstate.unfinished(settings, "running", [], None))
+        store.write_row("runs", runs.unfinished(settings, "running", [], None))
         assert only_run(tmp_path)["status"] == "running"
         got = invoke("submit", "train", "--resume", "run-live", "--store", str(tmp_path))
         assert got.exit_code == 1 and "is still running" in got.output, got.output
@@ -271,7 +273,7 @@ def test_a_running_run_reads_running_while_its_driver_beats_and_is_not_resumed(t
 def test_a_compacted_running_row_and_its_newer_finished_row_read_as_one(tmp_path):
     store = Store(str(tmp_path))
     settings = dict(run_id="run-a", created_at=now(), **TrainConfig(epochs=1).to_dict())
-    store.write_row("runs", runstate.unfinished(settings, "running", [], None))
+    store.write_row("runs", runs.unfinished(settings, "running", [], None))
     store.write_row("runs", run_row("run-b", "w", "s"))
     assert compact(store, "runs")["merged"] == 2
     final = run_row("run-a", "w", "s") | {"status": "finished", "updated_at": now()}
@@ -317,9 +319,9 @@ def test_a_failed_run_says_why_and_keeps_its_settings(mnist_train, tmp_path):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "run-fails").write_text("a file where a folder should be")
     with pytest.raises(ClusterError, match="training failed: StoreError"):
-        cluster.train_and_store(
-            TrainConfig(epochs=3), *mnist_train, store, None, "0", 0, lambda _: None, 1,
-            run_id="run-fails",
+        runs.train_and_store(
+            TrainConfig(epochs=3), *mnist_train, store, None, gpus="0", checkpoint_every=0,
+            log=lambda _: None, cpus=1, run_id="run-fails",
         )  # fmt: skip
     run = only_run(tmp_path)
     assert run["status"] == "failed" and run["failure"].startswith("training failed: StoreError")
@@ -331,6 +333,11 @@ def test_a_failed_run_says_why_and_keeps_its_settings(mnist_train, tmp_path):
     assert "│ failed" in table.stdout, table.stdout
 
     if ensure_ray().cluster_resources().get("GPU", 0) < 1:
+        import torch
+
         got = invoke(*TRAIN, "--gpus", "1", "--store", str(tmp_path / "refused"))
-        assert got.exit_code == 1 and "--gpus 1: the Ray cluster has no GPU" in got.output
+        if torch.cuda.is_available():  # this machine has a GPU; the session's Ray has none
+            assert got.exit_code == 1 and "--gpus 1: the Ray cluster has no GPU" in got.output
+        else:  # embedded on a machine without one: refused before Ray, as a bad option
+            assert got.exit_code == 2 and "this machine has no GPU" in got.output
         assert list((tmp_path / "refused" / "runs").glob("*")) == []

@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import eval_row, stored_run
 
-from mnist_ray import cluster
+from mnist_ray import runs
 from mnist_ray.config import TrainConfig
 from mnist_ray.schema import (
     EVALUATIONS,
@@ -64,9 +64,7 @@ def test_a_real_run_and_its_evaluation_round_trip_through_parquet(
     ray_local, mnist_train, mnist_test, tmp_path
 ):
     store = Store(tmp_path)
-    row = cluster.train_and_store(
-        TrainConfig(epochs=1), *mnist_train, store, None, log=lambda _: None
-    )
+    row = runs.train_and_store(TrainConfig(epochs=1), *mnist_train, store, None, log=lambda _: None)
     assert row["attempts"] == 1  # nothing killed it
     table = pq.read_table(tmp_path / "runs" / f"{row['run_id']}.parquet")
     assert table.schema.equals(RUNS)
@@ -74,8 +72,8 @@ def test_a_real_run_and_its_evaluation_round_trip_through_parquet(
 
     run = stored_run(store)
     weights = store.read_weights(run)
-    evaluation = cluster.evaluate_and_store(
-        run, weights, *mnist_test, store, None, 2, log=lambda _: None
+    evaluation = runs.evaluate_and_store(
+        run, weights, *mnist_test, store, address=None, shards=2, log=lambda _: None
     )
     table = pq.read_table(tmp_path / "evaluations" / f"{evaluation['eval_id']}.parquet")
     assert table.schema.equals(EVALUATIONS)
