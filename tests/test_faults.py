@@ -34,6 +34,7 @@ from typer.testing import CliRunner
 
 from mnist_ray import cli, cluster, data, runs
 from mnist_ray.config import RETRIES, TrainConfig
+from mnist_ray.outcome import TrainOutcome
 from mnist_ray.query import read_rows
 from mnist_ray.store import Store
 
@@ -245,11 +246,11 @@ def _train_and_store(train_split, store: Store) -> dict:
     )
 
 
-def _assert_same_training(row: dict, reference: dict, store: Store) -> None:
-    assert row["epoch_costs"] == reference["epoch_costs"]  # exact floats, every epoch
+def _assert_same_training(row: dict, reference: TrainOutcome, store: Store) -> None:
+    assert row["epoch_costs"] == reference.epoch_costs  # exact floats, every epoch
     weights = store.read_weights(row)
     for name in ("weight", "bias"):
-        assert weights[name].tobytes() == reference["weights"][name].tobytes()
+        assert weights[name].tobytes() == reference.weights[name].tobytes()
     assert [p.stem for p in _parquet_files(Path(store.location), "runs")] == [row["run_id"]]
     assert not (Path(store.location) / "checkpoints" / row["run_id"]).exists()  # cleared
 
@@ -535,8 +536,10 @@ def test_killed_training_worker_leaves_stdout_one_json_document(local, train_spl
     reference = {}
     ref_thread = threading.Thread(  # the same training, uninterrupted, on the other CPU
         target=lambda: reference.update(
-            cluster.train_on_ray(
-                TrainConfig(epochs=40), images, labels, Store(tmp_path / "ref"), "run-reference"
+            vars(
+                cluster.train_on_ray(
+                    TrainConfig(epochs=40), images, labels, Store(tmp_path / "ref"), "run-reference"
+                )
             )
         )
     )
