@@ -178,8 +178,12 @@ def interrupted(ctx, run_id: str, discard: bool) -> str:
     """What Ctrl-C (or SIGTERM) during `submit train` says last: how to go on."""
     if discard:
         return f"interrupted: run {run_id} discarded (its row and checkpoints deleted)"
-    again = ui.pasteable(ctx, "submit", "train", "--resume", run_id)
-    return f"interrupted: run {run_id} kept with its checkpoints; go on with: {again}"
+    return f"interrupted: run {run_id} kept with its checkpoints; go on with: {resume_hint(ctx, run_id)}"
+
+
+def resume_hint(ctx, run_id: str) -> str:
+    """The command that goes on with (finishes) run `run_id`, as it pastes."""
+    return ui.pasteable(ctx, "submit", "train", "--resume", run_id)
 
 
 # ---- evaluate ---------------------------------------------------------------------------------
@@ -211,10 +215,8 @@ def evaluate(
     target.check_exists()  # a mistyped path is said so, not taken for an empty store
     from mnist_ray.runs import evaluable
 
-    def again(run_id: str) -> str:  # how to finish a run that has no weights yet
-        return ui.pasteable(ctx, "submit", "train", "--resume", run_id)
-
-    found = evaluable(target, run, again)  # a finished run: the latest when --run is not given
+    # a finished run, the latest when --run is not given; an unfinished one says how to finish it
+    found = evaluable(target, run, lambda run_id: resume_hint(ctx, run_id))
     from mnist_ray import data
     from mnist_ray.artifact import scoring
     from mnist_ray.runs import evaluate_and_store

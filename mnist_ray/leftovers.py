@@ -27,15 +27,9 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from mnist_ray.liveness import proc_stat
+from mnist_ray.liveness import started
 
 FOLDER = Path(tempfile.gettempdir()) / f"mnist-ray-{os.getuid()}" / "sessions"
-
-
-def _started(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot; None once gone (or a zombie)."""
-    fields = proc_stat(pid)
-    return None if not fields or fields[0] == "Z" else fields[19]
 
 
 @contextlib.contextmanager
@@ -46,7 +40,7 @@ def recorded(session_dir: str) -> Iterator[None]:
     try:
         FOLDER.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"pid": pid, "start": _started(pid), "session": session_dir}))
+        tmp.write_text(json.dumps({"pid": pid, "start": started(pid), "session": session_dir}))
         os.replace(tmp, path)
     except OSError:  # a record is a courtesy to the next command, never a reason to fail
         path = None
@@ -90,7 +84,7 @@ def end_leftovers(log: Callable[[str], None]) -> int:
             with contextlib.suppress(OSError):
                 path.unlink()  # unreadable: nothing it names can be trusted to end
             continue
-        if start is not None and _started(pid) == start:
+        if start is not None and started(pid) == start:
             continue  # its driver still runs: its Ray is in use
         left = _holding(session) if session.startswith("/") else {}
         for p in left:

@@ -51,7 +51,7 @@ def proc_stat(pid: int) -> list[str] | None:
         return None
 
 
-def _started(pid: int) -> str | None:
+def started(pid: int) -> str | None:
     """The process's start time in clock ticks since boot (Linux), to tell a reused pid."""
     fields = proc_stat(pid)
     return None if not fields or fields[0] == "Z" else fields[19]  # a zombie has ended
@@ -64,7 +64,7 @@ class Heartbeat:
     def __init__(self, store: Store, run_id: str, every: float = HEARTBEAT):
         self.store, self.run_id, self.every = store, run_id, every
         self.record = {"host": socket.gethostname(), "pid": os.getpid()}
-        self.record["started"] = _started(os.getpid())
+        self.record["started"] = started(os.getpid())
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
 
@@ -98,8 +98,8 @@ def alive(record: dict | None, at: datetime | None = None) -> bool:
         if age > STALE:
             return False
         if record.get("host") == socket.gethostname():
-            started = _started(int(record["pid"]))
-            return started is not None and started == record.get("started", started)
+            alive_since = started(int(record["pid"]))
+            return alive_since is not None and alive_since == record.get("started", alive_since)
     except (KeyError, TypeError, ValueError):
         return False  # a file that is not a driver record keeps no run alive
     return True

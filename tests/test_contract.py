@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from mnist_ray import leftovers
 from mnist_ray.cli import app
 from mnist_ray.jobs import job_failure
+from mnist_ray.liveness import started
 from mnist_ray.output import as_csv, as_json
 from mnist_ray.schema import SCHEMAS
 from mnist_ray.store import Store
@@ -195,7 +196,7 @@ def test_the_next_command_ends_what_a_killed_driver_left(tmp_path, monkeypatch):
             "dead": {"pid": gone.pid, "start": "1", "session": str(dead)},
             "alive": {
                 "pid": kept.pid,
-                "start": leftovers._started(kept.pid),
+                "start": started(kept.pid),
                 "session": str(alive),
             },
         }  # the live one names a live "driver": its Ray is in use
