@@ -1,6 +1,6 @@
 """What evaluation scores with: a built-in model's trained module exported once to ONNX,
 in the training task, so that shard tasks score with ONNX Runtime and never import torch;
-else (a user's model, an older run) the run's weights, in torch.
+else (a model that did not export, an older run) the run's weights, in torch.
 
     data = export("cnn", weights)        # the training task (torch is loaded there)
     score = scorer(data)                 # a shard task: onnxruntime only
@@ -16,9 +16,10 @@ do not depend on the shard count. The scores agree with torch's to about 1e-5 (f
 sums taken in another order), and every built-in model's counts are torch's
 (tests/test_artifact.py).
 
-Only the built-in models are exported. A user's module may branch in Python on its input,
-which a trace would freeze into the graph without a word; its shards run its own forward
-in torch.
+A user's model is exported too, and kept only when the graph's scores equal its torch
+forward's on a check batch to CHECK_TOLERANCE: a module may branch in Python on its input,
+which a trace would freeze into the graph without a word. Where the check fails, its
+shards run its own forward in torch, and the row's export_failure says why.
 """
 
 from __future__ import annotations
@@ -49,20 +50,24 @@ def engine() -> str:
     return f"onnxruntime {onnxruntime.__version__}"
 
 
-def export(model: str, weights: dict[str, np.ndarray]) -> bytes | None:
-    """The built-in `model` holding `weights`, as ONNX bytes (see exported)."""
-    return exported(model, weights)[0]
+def export(model: str, weights: dict[str, np.ndarray], args: dict | None = None) -> bytes | None:
+    """`model` holding `weights`, as ONNX bytes (see exported)."""
+    return exported(model, weights, args)[0]
 
 
-def exported(model: str, weights: dict[str, np.ndarray]) -> tuple[bytes | None, str | None]:
-    """(ONNX bytes, None): the built-in `model` holding `weights`, for a batch of
-    MICRO_BATCH images (float32, 0..1) to their (MICRO_BATCH, 10) scores. (None, why) where
-    the exporter is not installed or fails (a torch whose exporter changed): its shards
-    then use torch, and the trained run is kept either way. (None, None) for a user's model,
-    which is not meant to export (see above). tests/test_artifact.py holds every built-in
-    model exportable with our versions."""
-    if usermodel.is_user(model):
-        return None, None
+CHECK_TOLERANCE = 1e-5  # a user's export is kept when its scores are torch's to this (allclose)
+
+
+def exported(
+    model: str, weights: dict[str, np.ndarray], args: dict | None = None
+) -> tuple[bytes | None, str | None]:
+    """(ONNX bytes, None): `model` (a user's made with `args`) holding `weights`, for a
+    batch of MICRO_BATCH images (float32, 0..1) to their (MICRO_BATCH, 10) scores. (None,
+    why) where the exporter is not installed or fails (a torch whose exporter changed), or,
+    for a user's model, where the exported graph's scores on a check batch are not torch's
+    to CHECK_TOLERANCE (a forward that branches in Python on its input, frozen by the
+    trace): its shards then use torch, and the trained run is kept either way.
+    tests/test_artifact.py holds every built-in model exportable with our versions."""
     try:
         import onnx  # noqa: F401  (torch.onnx.export needs it)
     except ImportError:
@@ -71,7 +76,7 @@ def exported(model: str, weights: dict[str, np.ndarray]) -> tuple[bytes | None, 
 
     from mnist_ray.model import with_weights
 
-    module = with_weights(model, weights)  # on the CPU, in eval mode (no dropout)
+    module = with_weights(model, weights, args)  # on the CPU, in eval mode (no dropout)
     example = torch.zeros((MICRO_BATCH, *IMAGE_SHAPE))
     buffer = io.BytesIO()
     try:
@@ -82,7 +87,31 @@ def exported(model: str, weights: dict[str, np.ndarray]) -> tuple[bytes | None, 
             )  # fmt: skip
     except Exception as exc:  # an optional speed-up must not lose a trained run
         return None, f"torch.onnx.export failed: {type(exc).__name__}: {first_line(exc)}"
-    return buffer.getvalue(), None
+    data = buffer.getvalue()
+    if usermodel.is_user(model):
+        return _checked_export(module, data)
+    return data, None
+
+
+def _checked_export(module, data: bytes) -> tuple[bytes | None, str | None]:
+    """A user's export, kept when ONNX Runtime's scores equal torch's on a check batch
+    (seeded random pixels, and a blank image) to CHECK_TOLERANCE."""
+    import torch
+
+    pixels = np.random.default_rng(0).integers(0, 256, (MICRO_BATCH, IN_FEATURES), np.uint8)
+    pixels[0] = 0
+    try:
+        ours = scorer(data)(pixels)
+    except Exception as exc:  # a graph ONNX Runtime can't run
+        return None, f"ONNX Runtime can't run the export: {type(exc).__name__}: {first_line(exc)}"
+    with torch.no_grad():
+        x = torch.from_numpy(pixels).view(MICRO_BATCH, *IMAGE_SHAPE) / 255
+        torchs = module(x).float().numpy()
+    # float32 sums taken in another order: within 1e-5, absolute and relative (allclose)
+    if not np.allclose(ours, torchs, rtol=CHECK_TOLERANCE, atol=CHECK_TOLERANCE):
+        off = float(np.abs(ours - torchs).max())
+        return None, f"the export's scores differ from torch's by {off:.2g} on a check batch"
+    return data, None
 
 
 def scorer(data: bytes) -> Callable[[np.ndarray], np.ndarray]:
@@ -117,15 +146,16 @@ def read_weights(store: Store, run: dict) -> dict[str, np.ndarray]:
     kept in the row (model_source), so the file itself is no longer needed."""
     if run["model"] == DEFAULT_MODEL:
         return store.read_weights(run, WEIGHT_SHAPES)
-    from mnist_ray.model import weight_shapes
+    from mnist_ray.model import weight_layout
 
     if usermodel.is_user(run["model"]):
         try:
             usermodel.restore_run(run)
         except usermodel.ModelError as exc:
             raise StoreError(f"run {run['run_id']}: {exc.line()}") from None
-
-    return store.read_weights(run, weight_shapes(run["model"]))
+    layout = weight_layout(run["model"], usermodel.run_args(run))
+    shapes = {k: shape for k, (shape, _) in layout.items()}
+    return store.read_weights(run, shapes, {k: dtype for k, (_, dtype) in layout.items()})
 
 
 def scoring(store: Store, run: dict) -> tuple[dict[str, np.ndarray] | None, bytes | None]:

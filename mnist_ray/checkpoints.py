@@ -40,6 +40,12 @@ class Checkpoint:
     rng_state: np.ndarray  # torch's global CPU generator state, uint8
     optimizer: dict[str, np.ndarray] = field(default_factory=dict)  # "<param index>.<name>"
     cuda_rng_state: np.ndarray | None = None  # the training GPU's generator state, uint8
+    # With a validation split: each epoch's figures, the best epoch so far (by accuracy)
+    # and, with --keep best, its weights.
+    val_costs: list[float] = field(default_factory=list)
+    val_accuracies: list[float] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_weights: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 _NAME = re.compile(r"epoch-(\d+)\.safetensors$")
@@ -56,6 +62,12 @@ def save(store: Store, run_id: str, ckpt: Checkpoint) -> str:
     if ckpt.cuda_rng_state is not None:
         arrays["cuda_rng_state"] = np.asarray(ckpt.cuda_rng_state, dtype=np.uint8)
     arrays["epoch_costs"] = np.asarray(ckpt.epoch_costs, dtype=np.float64)
+    arrays |= {f"best.{k}": v for k, v in ckpt.best_weights.items()}
+    if ckpt.val_costs:
+        arrays["val_costs"] = np.asarray(ckpt.val_costs, dtype=np.float64)
+        arrays["val_accuracies"] = np.asarray(ckpt.val_accuracies, dtype=np.float64)
+    if ckpt.best_epoch is not None:
+        arrays["best_epoch"] = np.asarray([ckpt.best_epoch], dtype=np.int64)
     data = encode_tensors(arrays, {"run_id": run_id, "epoch": str(ckpt.epoch)})
     return store.write_bytes(f"{folder(run_id)}/epoch-{ckpt.epoch:08d}.safetensors", data)
 
@@ -87,6 +99,10 @@ def latest(
         rng_state=arrays["rng_state"],
         optimizer=optimizer,
         cuda_rng_state=arrays.get("cuda_rng_state"),
+        val_costs=arrays["val_costs"].tolist() if "val_costs" in arrays else [],
+        val_accuracies=arrays["val_accuracies"].tolist() if "val_accuracies" in arrays else [],
+        best_epoch=int(arrays["best_epoch"][0]) if "best_epoch" in arrays else None,
+        best_weights=_prefixed(arrays, "best."),
     )
 
 

@@ -26,7 +26,14 @@ from mnist_ray import (  # noqa: F401
     render,
     ui,
 )
-from mnist_ray.config import CHECKPOINT_EVERY, MAX_SHARDS, EvalConfig, TrainConfig, check_id
+from mnist_ray.config import (
+    CHECKPOINT_EVERY,
+    MAX_SHARDS,
+    EvalConfig,
+    TrainConfig,
+    check_id,
+    name_values,
+)
 from mnist_ray.store import DEFAULT_STORE, Store
 from mnist_ray.streams import install_result_marker
 from mnist_ray.ui import (
@@ -48,6 +55,7 @@ from mnist_ray.ui import (
 TUTORIAL = TrainConfig()  # the options' defaults: the classic tutorial's, written once
 EVAL = EvalConfig()
 DATASET = Dataset(TUTORIAL.dataset)
+CONSTANT, LAST = ui.Schedule(TUTORIAL.lr_schedule), ui.Keep(TUTORIAL.keep)
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -84,8 +92,19 @@ def submit_train(
         int, typer.Option(min=1, max=60_000, help="Images per optimizer step.")
     ] = TUTORIAL.batch_size,
     model: ui.ModelOpt = ui.TUTORIAL_MODEL,
+    model_args: ui.ModelArgsOpt = None,
     optimizer: ui.OptimizerOpt = None,
     lr: ui.LrOpt = None,
+    weight_decay: ui.WeightDecayOpt = None,
+    momentum: ui.MomentumOpt = None,
+    optimizer_args: ui.OptimizerArgsOpt = None,
+    lr_schedule: ui.ScheduleOpt = CONSTANT,
+    lr_step: ui.LrStepOpt = None,
+    lr_gamma: ui.LrGammaOpt = None,
+    warmup_epochs: ui.WarmupOpt = TUTORIAL.warmup_epochs,
+    val_split: ui.ValSplitOpt = TUTORIAL.val_split,
+    keep: ui.KeepOpt = LAST,
+    patience: ui.PatienceOpt = None,
     seed: Annotated[
         int, typer.Option(min=0, max=2**63 - 1, help="Seed for torch and random.")
     ] = TUTORIAL.seed,
@@ -120,7 +139,11 @@ def submit_train(
     if resume is None:
         cfg = TrainConfig(
             dataset=dataset.value, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-            model=model, optimizer=optimizer,
+            model=model, optimizer=optimizer, weight_decay=weight_decay, momentum=momentum,
+            model_args=name_values("model_args", model_args),
+            optimizer_args=name_values("optimizer_args", optimizer_args),
+            lr_schedule=lr_schedule, lr_step=lr_step, lr_gamma=lr_gamma,
+            warmup_epochs=warmup_epochs, val_split=val_split, keep=keep, patience=patience,
         ).validate()  # fmt: skip
         if address is None:  # an embedded Ray is this machine: refused before it starts
             fits_this_machine(gpus.value, cpus)
@@ -166,12 +189,19 @@ GIVEN = ("COMMANDLINE", "ENVIRONMENT")  # typer's sources of a value the user ch
 
 
 def given(ctx, command) -> dict[str, tuple[str, object]]:
-    """The settings given on the command line: {name: (option as spelled, value)}."""
-    return {
-        name: (ui.spelled(name, command), getattr(ctx.params[name], "value", ctx.params[name]))
-        for name in SETTINGS
-        if name in ctx.params and ctx.get_parameter_source(name).name in GIVEN
-    }
+    """The settings given on the command line: {name: (option as spelled, value)}, each
+    value as the run row holds it (NAME=VALUE pairs as their JSON object)."""
+    found = {}
+    for name in SETTINGS:
+        if name in ctx.params and ctx.get_parameter_source(name).name in GIVEN:
+            value = getattr(ctx.params[name], "value", ctx.params[name])
+            if name in PAIRS:
+                value = name_values(name, value)
+            found[name] = (ui.spelled(name, command), value)
+    return found
+
+
+PAIRS = ("model_args", "optimizer_args")  # repeatable NAME=VALUE options
 
 
 def interrupted(ctx, run_id: str, discard: bool) -> str:

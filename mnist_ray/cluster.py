@@ -15,7 +15,9 @@ computes, and nothing here writes a row: a run's life in the store is runs.py's.
 
 from __future__ import annotations
 
+import dataclasses
 import time
+import types
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -30,7 +32,7 @@ from mnist_ray.config import (
 )
 from mnist_ray.errors import ClusterError
 from mnist_ray.evaluate import evaluate_shard, merge, shard_bounds
-from mnist_ray.outcome import TrainOutcome
+from mnist_ray.outcome import Diverged, TrainOutcome, epoch_line
 from mnist_ray.output import say
 from mnist_ray.placement import training_request
 from mnist_ray.session import bounded
@@ -90,6 +92,8 @@ def _failure(what: str, exc: BaseException) -> ClusterError:
         return ClusterError(f"{what} failed after {RETRIES} retries: {first_line(exc)}")
     if isinstance(exc, ray.exceptions.RayTaskError):
         cause = getattr(exc, "cause", None) or exc
+        if isinstance(cause, Diverged):
+            return ClusterError(f"{what} {cause}; lower --lr, or another --optimizer")
         return ClusterError(f"{what} failed: {type(cause).__name__}: {first_line(cause)}")
     return ClusterError(f"{what} failed: {first_line(exc)}")
 
@@ -109,7 +113,8 @@ def training_stream(
 ) -> Iterator[dict]:
     """The training task: a plain generator, run by Ray as a streaming generator task.
 
-    Yields {"epoch", "cost", "seconds"} as each epoch completes, then {"outcome": ...}.
+    Yields {"epoch", "cost", "seconds", "lr", "val_cost", "val_accuracy"} (a train.Epoch's
+    fields) as each epoch completes, then {"outcome": ...}.
     Checkpoints when `checkpoint_every` seconds have passed since the last (0: every epoch
     but the last). An attempt (a retry, a resumed run) starts from the newest checkpoint
     and first yields again the epochs it restored: Ray hands the caller a retry's yields by
@@ -123,20 +128,25 @@ def training_stream(
     attempts = current_attempt()  # here, in the task's own thread: Ray keeps it per thread
     config = TrainConfig(**cfg)
     target = Store(store)
-    shapes = weight_shapes(config.model)
+    shapes = weight_shapes(config.model, config.model_kwargs())
     resume = checkpoints.latest(target, run_id, shapes=shapes)  # when Ray retried the task
     device = pick_device(use_gpu)
     run = Training(config, images, labels, device, resume=resume, threads=threads)
-    for epoch, cost in enumerate(run.epoch_costs, 1):
-        yield {"epoch": epoch, "cost": cost, "seconds": None}  # restored, not trained again
+    moving = config.lr_schedule != "constant" or config.warmup_epochs
+    for i, cost in enumerate(run.epoch_costs):  # restored, not trained again
+        yield {
+            "epoch": i + 1, "cost": cost, "seconds": None, "lr": run.lrs[i] if moving else None,
+            "val_cost": run.val_costs[i] if run.val_costs else None,
+            "val_accuracy": run.val_accuracies[i] if run.val_costs else None,
+        }  # fmt: skip
     saved_at = time.monotonic()
     for epoch in run:
         if epoch.epoch < config.epochs and time.monotonic() - saved_at >= checkpoint_every:
             checkpoints.save(target, run_id, run.checkpoint())
             saved_at = time.monotonic()
-        yield {"epoch": epoch.epoch, "cost": epoch.cost, "seconds": epoch.seconds}
+        yield dataclasses.asdict(epoch)
     result = run.result()
-    onnx, not_exported = artifact.exported(config.model, result.weights)
+    onnx, not_exported = artifact.exported(config.model, result.weights, config.model_kwargs())
     on_gpu = result.device.startswith("cuda")
     yield {
         "outcome": TrainOutcome(
@@ -153,6 +163,11 @@ def training_stream(
             torch_version=str(torch.__version__),  # a str subclass: unpickling imports torch
             peak_rss_mib=peak_rss_mib(),
             gpu_peak_mib=torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None,
+            lrs=result.lrs,
+            val_costs=result.val_costs,
+            val_accuracies=result.val_accuracies,
+            best_epoch=result.best_epoch,
+            stopped_early=result.stopped_early,
             **where(),
         )
     }
@@ -193,7 +208,7 @@ def train_on_ray(
             return
         shown[0] = item["epoch"]
         on_epoch(item)  # before the line: an epoch the user saw is in the row Ctrl-C leaves
-        log(f"Epoch: {item['epoch']:04d} cost = {item['cost']:.9f}")
+        log(epoch_line(types.SimpleNamespace(**item)))
 
     if ray.util.client.ray.is_connected():  # ray://: Ray Client has no streaming generators
         return _train_through_a_queue(args, options, show, on_stop)
@@ -249,11 +264,13 @@ def _train_through_a_queue(
 
 
 def _shard_task(
-    weights, images, labels, start: int, stop: int, sample: int, model: str, onnx: bytes | None
-) -> dict:
+    weights, images, labels, start: int, stop: int, *, sample: int, model: str,
+    onnx: bytes | None, model_args: dict | None = None,
+) -> dict:  # fmt: skip
     part = evaluate_shard(
-        weights, images, labels, start, stop, sample=sample, model=model, onnx=onnx
-    )
+        weights, images, labels, start, stop,
+        sample=sample, model=model, onnx=onnx, model_args=model_args,
+    )  # fmt: skip
     part["node_id"] = ray.get_runtime_context().get_node_id()
     part["peak_rss_mib"] = peak_rss_mib()
     return part
@@ -272,9 +289,11 @@ def evaluate_on_ray(
     log: Callable[[str], None] = say,
     model: str = "softmax",
     onnx: bytes | None = None,
+    model_args: dict | None = None,
 ) -> dict:
     """One CPU task per contiguous shard, each running `model` (a registry name, or a
-    user's spec, whose code the tasks get in their runtime_env) with `weights`, or the
+    user's spec made with `model_args`, whose code the tasks get in their runtime_env)
+    with `weights`, or the
     run's exported model `onnx` instead; the merged counts and the nodes that ran them."""
     w, x, y = ray.put(weights), ray.put(images), ray.put(labels)  # once, shared by all shards
     o = ray.put(onnx)
@@ -285,7 +304,7 @@ def evaluate_on_ray(
     spread = dict(scheduling_strategy="SPREAD", **shipped)
     refs = [
         shard_task.options(name=f"shard {start}:{stop}", **spread).remote(
-            w, x, y, start, stop, sample=sample, model=model, onnx=o
+            w, x, y, start, stop, sample=sample, model=model, onnx=o, model_args=model_args
         )
         for start, stop in shard_bounds(len(labels), shards)
     ]

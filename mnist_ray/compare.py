@@ -21,14 +21,19 @@ from mnist_ray.query import Bad, find_run, open_store, read_rows
 from mnist_ray.schema import RUNS
 from mnist_ray.store import Store
 
-# The parameters a run was trained with; sweep_id joins them once the store has it.
-PARAMS = [f.name for f in dataclasses.fields(TrainConfig) if f.name in RUNS.names] + [
+# The parameters a run was trained with; sweep_id joins them once the store has it. The
+# opt-in settings (--weight-decay, --lr-schedule, --val-split, ...) are listed only where a
+# run shown has one (or with --all-columns): the course's runs list as they always have.
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+OPT_IN = list(_DEFAULTS)[list(_DEFAULTS).index("model_args") :]
+PARAMS = [n for n in _DEFAULTS if n in RUNS.names and n not in OPT_IN] + [
     n for n in ("sweep_id",) if n in RUNS.names
 ]
 METRICS = ["last_cost", "best_cost", "accuracy", "device", "train_seconds"]
 EVAL_COLUMNS = ["eval_id", "run_id", "created_at", "dataset", "shards", "accuracy", "correct"]
 EVAL_COLUMNS += ["total", "eval_seconds"]
 RUN_READ = ["run_id", "created_at", *PARAMS, "device", "epoch_costs", "train_seconds", "failure"]
+RUN_READ += OPT_IN
 HASHES = ["weights_sha256", "weights_digest"]  # what --all-columns adds to --json and --csv
 
 # One row per run: its parameters, costs, and the accuracy of its latest evaluation; a run
@@ -38,7 +43,7 @@ SELECT r.run_id, r.created_at, {params},
        CASE WHEN r.status = 'finished' THEN r.epoch_costs[-1] END AS last_cost,
        CASE WHEN r.status = 'finished' THEN list_min(r.epoch_costs) END AS best_cost,
        e.accuracy, e.eval_id, r.device, r.train_seconds,
-       r.status, r.checkpoint_epoch, r.failure{hashes}
+       r.status, r.checkpoint_epoch, r.failure{opt_in}{hashes}
 FROM runs r LEFT JOIN (
     SELECT run_id, arg_max(accuracy, created_at) AS accuracy, arg_max(eval_id, created_at) AS eval_id
     FROM evaluations GROUP BY run_id
@@ -81,7 +86,11 @@ def listing(
         store, columns={"runs": RUN_READ + hashes, "evaluations": [*EVAL_COLUMNS, "created_at"]}
     )
     params = ", ".join(f"r.{p}" for p in PARAMS)
-    view = RUNS_VIEW.format(params=params, hashes="".join(f", r.{h}" for h in hashes))
+    view = RUNS_VIEW.format(
+        params=params,
+        opt_in="".join(f", r.{c}" for c in OPT_IN),
+        hashes="".join(f", r.{h}" for h in hashes),
+    )
     con.execute(f"CREATE VIEW listing AS {view}")
     columns = [d[0] for d in con.execute("SELECT * FROM listing LIMIT 0").description]
     order = sort_key(sort, columns)
@@ -97,14 +106,23 @@ def listing(
     except duckdb.Error as exc:
         raise ConfigError("where", f"{where}: {first_line(exc)}") from None
     evals = _evaluations(con, runs if (where or limit is not None) else None)
-    same = {} if len(runs) < 2 else differing(runs, PARAMS)[1]
-    shown = [c for c in PARAMS if c not in same or all_columns]
+    used = set_options(runs)
+    if not all_columns:  # an opt-in setting no run shown has: not a column of this listing
+        runs = [{k: v for k, v in r.items() if k not in OPT_IN or k in used} for r in runs]
+    params = PARAMS + used  # the table: --all-columns adds the unused ones to --json only
+    same = {} if len(runs) < 2 else differing(runs, params)[1]
+    shown = [c for c in params if c not in same or all_columns]
     run_columns = ["run_id", "created_at", *shown, *METRICS]
     if any(r["status"] != "finished" for r in runs):
         run_columns.append("status")  # rendered as "interrupted at epoch 3"
     return Listing(
         runs=runs, run_columns=run_columns, same=same, evaluations=evals, bad=bad, total=total
     )
+
+
+def set_options(runs: list[dict]) -> list[str]:
+    """The opt-in settings some run of `runs` was trained with (not null, not the default)."""
+    return [c for c in OPT_IN if any(r.get(c) not in (None, _DEFAULTS[c]) for r in runs)]
 
 
 def _evaluations(con, runs: list[dict] | None) -> list[dict]:
@@ -162,7 +180,7 @@ def compare_runs(store: Store, run_ids: list[str]) -> dict:
         .to_pylist()
         if e["run_id"] in {r["run_id"] for r in runs}
     }
-    differ, same = differing(runs, PARAMS)
+    differ, same = differing(runs, PARAMS + set_options(runs))
     costs = [r["epoch_costs"] or [] for r in runs]
     final = [c if r["status"] == "finished" else [] for r, c in zip(runs, costs, strict=True)]
     flat = [c for cs in costs for c in cs]

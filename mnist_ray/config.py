@@ -7,9 +7,12 @@ classic tutorial's, so that `TrainConfig()` reproduces its printed costs.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import asdict, dataclass
+
+from mnist_ray.optim import OPTIMIZERS
 
 DATASETS = ("mnist", "fashion-mnist")
 TEST_SIZE = 10_000  # both datasets have 10,000 test images
@@ -33,7 +36,11 @@ MODEL_DEFAULTS = {
 }
 DEFAULT_MODEL = "softmax"
 USER_MODEL_DEFAULTS = ("adam", 0.001)  # a user's own model (usermodel.py): the labs' Adam
-OPTIMIZERS = ("sgd", "adam")  # torch.optim.SGD without momentum, torch.optim.Adam's defaults
+# --lr-schedule: constant (the courses'), cosine (CosineAnnealingLR, T_max = the epochs
+# after warm-up, stepped after each epoch), step (StepLR: --lr-step epochs, --lr-gamma),
+# onecycle (OneCycleLR, max_lr = --lr, stepped after each batch). See train.make_schedule.
+SCHEDULES = ("constant", "cosine", "step", "onecycle")
+KEEPS = ("last", "best")  # --keep: the last epoch's weights, or the best by validation accuracy
 # Seconds between the checkpoints a retried training task (or sweep trial) resumes from;
 # 0: after every epoch. Never after the last epoch, whose weights are stored anyway.
 CHECKPOINT_EVERY = 60.0
@@ -65,9 +72,25 @@ class TrainConfig:
     # A name in MODEL_DEFAULTS (model.py builds it), or a user's FILE.py:NAME or
     # package.module:NAME (usermodel.py; trained with adam 0.001 unless told otherwise).
     model: str = DEFAULT_MODEL
-    optimizer: str | None = None  # "sgd" or "adam"; None: the model's lab's
+    optimizer: str | None = None  # a name in OPTIMIZERS; None: the model's lab's
+    # What follows is opt-in: left as it is, a run trains exactly as the course's does.
+    model_args: str | None = None  # a user's model's constructor arguments, a JSON object
+    weight_decay: float | None = None  # the optimizer's weight_decay; None: its default
+    momentum: float | None = None  # the optimizer's momentum (sgd, rmsprop); None: its default
+    optimizer_args: str | None = None  # more of the optimizer's arguments, a JSON object
+    lr_schedule: str = "constant"  # a name in SCHEDULES
+    lr_step: int | None = None  # step: epochs between decays (default 1)
+    lr_gamma: float | None = None  # step: the decay factor (default 0.1)
+    warmup_epochs: int = 0  # linear from lr/10 to lr over these first epochs (LinearLR)
+    val_split: float = 0.0  # the fraction of the training set held out (data.split_validation)
+    keep: str = "last"  # a name in KEEPS
+    patience: int | None = None  # stop when validation accuracy has not improved for K epochs
 
     def __post_init__(self):
+        # A run stored before a setting existed reads it back as null: its default.
+        for name, default in _OPT_IN.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, default)
         # A field left as None takes the model's lab default here, once, so that every
         # reader (the run row, a sweep's trial, a checkpoint) sees the value trained with.
         optimizer, lr = MODEL_DEFAULTS.get(
@@ -80,7 +103,10 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         check_dataset(self.dataset)
-        check_model(self.model)
+        args = json_object("model_args", self.model_args)
+        if args and ":" not in self.model:
+            raise ConfigError("model_args", f"built-in model {self.model} takes no arguments")
+        check_model(self.model, args)
         if self.optimizer is None or self.lr is None:
             option = "optimizer" if self.optimizer is None else "lr"
             raise ConfigError(option, f"model {self.model} has no lab default: give one")
@@ -89,6 +115,7 @@ class TrainConfig:
                 "optimizer",
                 f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}",
             )
+        self._validate_opt_in()
         if not 1 <= self.epochs <= 10_000:
             raise ConfigError("epochs", f"{self.epochs} is not in 1..10000")
         if not 1 <= self.batch_size <= 60_000:
@@ -99,9 +126,105 @@ class TrainConfig:
             raise ConfigError("seed", f"{self.seed} is not in 0..2**63-1")
         return self
 
+    def _validate_opt_in(self) -> None:
+        for name in ("weight_decay", "momentum", "lr_gamma"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ConfigError(name, f"{value} must be a finite number, 0 or more")
+        if self.lr_schedule not in SCHEDULES:
+            raise ConfigError(
+                "lr_schedule",
+                f"unknown schedule {self.lr_schedule!r}; choose one of {', '.join(SCHEDULES)}",
+            )
+        if self.lr_step is not None and not 1 <= self.lr_step <= 10_000:
+            raise ConfigError("lr_step", f"{self.lr_step} is not in 1..10000")
+        if (self.lr_step is not None or self.lr_gamma is not None) and self.lr_schedule != "step":
+            option = "lr_step" if self.lr_step is not None else "lr_gamma"
+            raise ConfigError(option, "is for --lr-schedule step only")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ConfigError(
+                "warmup_epochs", f"{self.warmup_epochs} is not in 0..{self.epochs - 1} (epochs - 1)"
+            )
+        if not (math.isfinite(self.val_split) and 0 <= self.val_split <= 0.5):
+            raise ConfigError("val_split", f"{self.val_split} is not in 0..0.5")
+        if self.keep not in KEEPS:
+            raise ConfigError("keep", f"unknown {self.keep!r}; choose one of {', '.join(KEEPS)}")
+        if self.patience is not None and not 1 <= self.patience <= 10_000:
+            raise ConfigError("patience", f"{self.patience} is not in 1..10000")
+        if (self.keep == "best" or self.patience is not None) and not self.val_split:
+            option = "keep" if self.keep == "best" else "patience"
+            raise ConfigError(option, "needs a validation split: give --val-split (e.g. 0.1)")
+        json_object("optimizer_args", self.optimizer_args)
+        if self.optimizer_kwargs() or self.optimizer not in ("sgd", "adam"):
+            from mnist_ray.optim import OptimizerError, check
+
+            try:
+                check(self.optimizer, self.optimizer_kwargs())
+            except OptimizerError as exc:
+                raise ConfigError(exc.param, exc.message) from None
+
+    def optimizer_kwargs(self) -> dict:
+        """What the optimizer is made with besides params and lr: --weight-decay,
+        --momentum and --optimizer-arg, as given (empty: the optimizer's defaults)."""
+        kwargs = json_object("optimizer_args", self.optimizer_args)
+        for name in ("weight_decay", "momentum"):
+            if getattr(self, name) is not None:
+                kwargs[name] = getattr(self, name)
+        return kwargs
+
+    def model_kwargs(self) -> dict:
+        """A user's model's constructor arguments (--model-arg), as given."""
+        return json_object("model_args", self.model_args)
+
+    @property
+    def tutorial_steps(self) -> bool:
+        """Whether the run takes the course's steps: the lab's optimizer with its defaults,
+        a constant rate, the whole training set (what the CUDA graph and plain SGD need)."""
+        plain = not self.optimizer_kwargs() and self.optimizer in ("sgd", "adam")
+        return plain and self.lr_schedule == "constant" and not self.warmup_epochs
+
     def to_dict(self) -> dict:
         """The fields by name, the lab defaults filled in (TrainConfig(**d) gives it back)."""
         return asdict(self)
+
+
+_OPT_IN = {"lr_schedule": "constant", "warmup_epochs": 0, "val_split": 0.0, "keep": "last"}
+
+
+def json_object(param: str, text: str | None) -> dict:
+    """A JSON object option's value (`{"width": 64}`) as a dict; None: empty."""
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(param, f"{text!r} is not JSON ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise ConfigError(param, f"{text!r} is not a JSON object")
+    return value
+
+
+def name_values(param: str, pairs: list[str]) -> str | None:
+    """NAME=VALUE options (values JSON literals: `width=64`, `dropout=0.2`, `kind="wide"`)
+    as one canonical JSON object, names sorted; None when there are none."""
+    if not pairs:
+        return None
+    values: dict = {}
+    for pair in pairs:
+        name, eq, text = pair.partition("=")
+        name = name.strip()
+        if not eq or not name.isidentifier():
+            raise ConfigError(param, f"{pair!r} is not NAME=VALUE (e.g. width=64)")
+        if name in values:
+            raise ConfigError(param, f"{name} is given twice")
+        try:
+            values[name] = json.loads(text)
+        except json.JSONDecodeError:
+            raise ConfigError(
+                param,
+                f"{pair}: {text!r} is not a JSON value (a string is quoted: {name}='\"{text}\"')",
+            ) from None
+    return json.dumps(values, sort_keys=True, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -114,7 +237,7 @@ class EvalConfig:
         return self
 
 
-def check_model(spec: str) -> str:
+def check_model(spec: str, args: dict | None = None) -> str:
     """A built-in name, or a user's model that loads and maps a batch (2, 1, 28, 28) to
     (2, 10) (usermodel.check; torch is imported only then). Here, before any Ray task."""
     if spec in MODEL_DEFAULTS:
@@ -127,7 +250,7 @@ def check_model(spec: str) -> str:
     from mnist_ray.usermodel import ModelError, check
 
     try:
-        check(spec)
+        check(spec, args)
     except ModelError as exc:
         raise ConfigError("model", f"{spec}: {exc.message}") from None
     return spec

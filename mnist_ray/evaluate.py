@@ -64,6 +64,7 @@ def logits(
     *,
     model: str | nn.Module = "softmax",
     onnx: bytes | None = None,
+    model_args: dict | None = None,
 ) -> np.ndarray:
     """The model's float32 scores for images[start:stop] (uint8, the whole test set in
     `images`), each computed in its aligned micro-batch. `onnx`: the run's exported
@@ -72,19 +73,20 @@ def logits(
     stop = len(images) if stop is None else stop
     first = start // MICRO_BATCH * MICRO_BATCH
     last = min(len(images), -(-stop // MICRO_BATCH) * MICRO_BATCH)
-    score = artifact.scorer(onnx) if onnx is not None else _torch_scorer(model, weights)
+    scored_by_onnx = onnx is not None
+    score = artifact.scorer(onnx) if scored_by_onnx else _torch_scorer(model, weights, model_args)
     scores = [np.zeros((0, NUM_CLASSES), dtype=np.float32)]
     scores += [score(images[a : a + MICRO_BATCH]) for a in range(first, last, MICRO_BATCH)]
     return np.concatenate(scores)[start - first : stop - first]
 
 
-def _torch_scorer(model: str | nn.Module, weights: dict[str, np.ndarray]):
+def _torch_scorer(model: str | nn.Module, weights: dict[str, np.ndarray], args: dict | None):
     """The module's own forward, in torch, under no_grad: uint8 pixels -> float32 scores."""
     import torch
 
     from mnist_ray.model import with_weights
 
-    module = with_weights(model, weights)
+    module = with_weights(model, weights, args)
 
     def score(pixels: np.ndarray) -> np.ndarray:
         with torch.no_grad(), warnings.catch_warnings():
@@ -115,15 +117,17 @@ def evaluate_shard(
     sample: int | None = None,
     model: str | nn.Module = "softmax",
     onnx: bytes | None = None,
+    model_args: dict | None = None,
 ) -> dict:
     """Counts for images[start:stop] of the whole test set `images`: correct, total, and
     this shard's contribution to the 10x10 confusion matrix (row = true label, column =
     prediction). If the test-set index `sample` falls in the shard, its prediction and
-    probabilities come back too. `model`: a registry name, or an nn.Module; `onnx`: the
+    probabilities come back too. `model`: a registry name (a user's made with
+    `model_args`), or an nn.Module; `onnx`: the
     run's exported model, scored instead (artifact.py), `weights` then unused."""
     stop = len(labels) if stop is None else stop
     x, y = images[start:stop], np.asarray(labels[start:stop], dtype=np.int64)
-    z = logits(weights, images, start, stop, model=model, onnx=onnx)
+    z = logits(weights, images, start, stop, model=model, onnx=onnx, model_args=model_args)
     predicted = z.argmax(axis=1)
     confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
     np.add.at(confusion, (y, predicted), 1)

@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 import typer
 
 from mnist_ray import usermodel
-from mnist_ray.config import check_model, first_line
+from mnist_ray.config import ConfigError, first_line
 from mnist_ray.errors import ClusterError, token_error
 from mnist_ray.output import say
 from mnist_ray.streams import ADDRESS_VAR, MARKER, NONCE_VAR, LogSplitter, new_nonce
@@ -64,7 +64,9 @@ def command_argv(ctx) -> list[str]:
         if ctx.get_parameter_source(p.name).name not in ("COMMANDLINE", "ENVIRONMENT"):
             continue
         value = ctx.params[p.name]
-        if p.is_flag and not p.secondary_opts:
+        if p.multiple:  # --model-arg width=64 --model-arg depth=2: each as given
+            words += [w for item in value or () for w in (p.opts[0], str(item))]
+        elif p.is_flag and not p.secondary_opts:
             words += [p.opts[0]] if value else []
         elif p.is_flag:
             words.append(p.opts[0] if value else p.secondary_opts[0])
@@ -174,7 +176,10 @@ def ship_model(spec: str, folder: Path) -> tuple[str, dict]:
     package.module's package goes in the job's py_modules. (spec, the runtime_env part)."""
     if not usermodel.is_user(spec):
         return spec, {}
-    check_model(spec)  # checked before submitting, as the command checked it
+    try:  # the command checked it whole (with its --model-arg); here: that it still reads
+        usermodel.load(spec)
+    except usermodel.ModelError as exc:
+        raise ConfigError("model", f"{spec}: {exc.message}") from None
     return usermodel.job_files(spec, folder)
 
 

@@ -171,27 +171,27 @@ def spec(name: str) -> Spec:
     return MODELS[name]
 
 
-def get_model(name: str = "softmax") -> nn.Module:
+def get_model(name: str = "softmax", args: dict | None = None) -> nn.Module:
     """A new module with initial weights drawn from the global RNG, on the CPU, as the
     lab draws them (seed first: `torch.manual_seed`). `name` may be a user's
-    FILE.py:NAME or package.module:NAME (usermodel.py)."""
+    FILE.py:NAME or package.module:NAME (usermodel.py), made with `args`."""
     if usermodel.is_user(name):
-        return usermodel.build(name)
+        return usermodel.build(name, args)
     return spec(name).build()
 
 
-def _shell(name: str) -> nn.Module:
+def _shell(name: str, args: dict | None = None) -> nn.Module:
     """The module's structure without weights (on the meta device: no RNG draw, no memory).
     A user's model is built on the CPU instead (its code may not run on meta tensors),
     the global RNGs left as they were."""
     if usermodel.is_user(name):
-        return usermodel.shell(name)
+        return usermodel.shell(name, args)
     with torch.device("meta"):
         return spec(name).build()
 
 
-def parameter_count(name: str) -> int:
-    return sum(p.numel() for p in _shell(name).parameters())
+def parameter_count(name: str, args: dict | None = None) -> int:
+    return sum(p.numel() for p in _shell(name, args).parameters())
 
 
 def catalogue() -> list[dict]:
@@ -204,25 +204,71 @@ def catalogue() -> list[dict]:
     ]
 
 
-def weight_shapes(name: str) -> dict[str, tuple[int, ...]]:
+def weight_layout(name: str, args: dict | None = None) -> dict[str, tuple[tuple[int, ...], str]]:
+    """What a weights file of this model holds: name -> (shape, numpy dtype as stored),
+    every entry of its state_dict (parameters and buffers, such as BatchNorm's)."""
+    return {
+        k: (tuple(v.shape), stored_dtype(v.dtype))
+        for k, v in _shell(name, args).state_dict().items()
+    }
+
+
+def stored_dtype(dtype: torch.dtype) -> str:
+    """The numpy dtype a tensor of `dtype` is stored as: its own; bfloat16's bits as uint16."""
+    if dtype == torch.bfloat16:
+        return "uint16"
+    return str(torch.empty(0, dtype=dtype).numpy().dtype)
+
+
+def weight_shapes(name: str, args: dict | None = None) -> dict[str, tuple[int, ...]]:
     """What a weights file of this model holds, name -> shape (its state_dict)."""
-    return {k: tuple(v.shape) for k, v in _shell(name).state_dict().items()}
+    return {k: shape for k, (shape, _) in weight_layout(name, args).items()}
 
 
-def with_weights(model: str | nn.Module, weights: dict[str, np.ndarray]) -> nn.Module:
-    """The model holding `weights` (float32 arrays, as stored), in eval mode, on the CPU.
-    A name is built on the meta device and given the arrays themselves (no copy, no RNG
-    draw); a module is loaded by copying."""
+def numpy_state(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """A state_dict as the arrays a weights file stores: each entry copied to the host in
+    its own dtype; bfloat16 (which numpy lacks) as its bits, uint16."""
+    out = {}
+    for k, v in state.items():
+        v = v.detach().cpu()
+        if v.dtype == torch.bfloat16:
+            v = v.view(torch.int16)
+            out[k] = v.numpy().copy().view(np.uint16)
+        else:
+            out[k] = v.numpy().copy()
+    return out
+
+
+def torch_state(arrays: dict[str, np.ndarray], like: dict[str, torch.Tensor]) -> dict:
+    """Stored arrays back as tensors, each in the dtype of `like`'s entry of that name
+    where the file kept its bits (bfloat16); names `like` lacks are left for
+    load_state_dict to refuse."""
     with warnings.catch_warnings():  # read-only arrays from Ray's object store: only read
         warnings.filterwarnings("ignore", "The given NumPy array is not writable")
-        state = {k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()}
+        state = {}
+        for k, v in arrays.items():
+            t = torch.from_numpy(np.asarray(v))
+            if k in like and like[k].dtype == torch.bfloat16 and t.dtype == torch.uint16:
+                t = t.view(torch.bfloat16)
+            state[k] = t
+    return state
+
+
+def with_weights(
+    model: str | nn.Module, weights: dict[str, np.ndarray], args: dict | None = None
+) -> nn.Module:
+    """The model holding `weights` (arrays as stored), in eval mode, on the CPU. A name is
+    built on the meta device and given the arrays themselves (no copy, no RNG draw); a
+    user's model (made with `args`) and a module are loaded by copying."""
     if isinstance(model, str) and usermodel.is_user(model):
-        module = _shell(model)
+        module = _shell(model, args)
+        state = torch_state(weights, module.state_dict())
         module.load_state_dict(state)  # every name and shape checked; copied
     elif isinstance(model, str):
+        state = torch_state(weights, {})
         module = _shell(model)
         module.load_state_dict(state, assign=True)
     else:
         module = model
-        module.load_state_dict(state)
+        module.load_state_dict(torch_state(weights, module.state_dict()))
     return module.eval()

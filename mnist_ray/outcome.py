@@ -37,3 +37,31 @@ class TrainOutcome:
     pid: int | None = None  # the task's process
     onnx: bytes | None = None  # a built-in model's ONNX export: what the shards score with
     export_failure: str | None = None  # why an export that was tried failed; None otherwise
+    lrs: list[float] | None = None  # each epoch's learning rate (at its first step)
+    val_costs: list[float] | None = None  # with a validation split (--val-split)
+    val_accuracies: list[float] | None = None
+    best_epoch: int | None = None  # with a validation split: the best by its accuracy
+    stopped_early: bool | None = None  # with --patience: whether it ended the run early
+
+
+class Diverged(ArithmeticError):
+    """A batch's cost that is not finite: the run ends at once, failed, naming where."""
+
+    def __init__(self, epoch: int, step: int, cost: float):
+        super().__init__(f"diverged at epoch {epoch}, step {step}: cost {cost}")
+        self.epoch, self.step, self.cost = epoch, step, cost
+
+    def __reduce__(self):  # across Ray: rebuilt from its fields, not its message
+        return Diverged, (self.epoch, self.step, self.cost)
+
+
+def epoch_line(epoch) -> str:
+    """The line an epoch prints: the tutorial's `Epoch: 0001 cost = 0.535150588`, then,
+    where the run has them, its learning rate and its validation figures. `epoch` is a
+    train.Epoch, or anything with the same fields (a task's streamed item)."""
+    line = f"Epoch: {epoch.epoch:04d} cost = {epoch.cost:.9f}"
+    if epoch.lr is not None:
+        line += f" lr = {epoch.lr:.9f}"
+    if epoch.val_cost is not None:
+        line += f" val_cost = {epoch.val_cost:.9f} val_accuracy = {epoch.val_accuracy:.4f}"
+    return line

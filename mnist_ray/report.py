@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from mnist_ray import output
-from mnist_ray.compare import PARAMS, RUN_READ, differing
+from mnist_ray.compare import PARAMS, RUN_READ, differing, set_options
 from mnist_ray.query import find_run, matching, open_store
 from mnist_ray.store import Store, StoreError
 
@@ -106,7 +106,7 @@ def status(run: dict) -> str:
 
 
 def _page(store: Store, runs: list[dict], evaluation: dict | None) -> str:
-    differ, same = differing(runs, PARAMS) if len(runs) > 1 else ([], {})
+    differ, same = differing(runs, PARAMS + set_options(runs)) if len(runs) > 1 else ([], {})
     columns = ["run_id", "created_at", *differ, "last_cost", "best_cost", "accuracy", "device"]
     done = [r for r in runs if finished(r)]
     unfinished = [r for r in runs if not finished(r)]

@@ -115,6 +115,7 @@ def store_run(
         weights_digest=tensors_digest(outcome.weights),
         ray_version=ray.__version__,
         model_source=usermodel.source_of(cfg.model),  # a user's file, to evaluate it later
+        model_files=usermodel.files_of(cfg.model),  # and the .py files beside it
         status="finished",
     )
     row = finished_run_row(outcome, **columns | extra | {"updated_at": now()})
@@ -145,6 +146,7 @@ def train_and_store(
     created = resume["created_at"] if resume else now()
     settings = dict(run_id=run_id, created_at=created, **cfg.to_dict())
     settings["model_source"] = usermodel.source_of(cfg.model)  # a user's file: its text
+    settings["model_files"] = usermodel.files_of(cfg.model)  # the .py files beside it
     settings |= dict(cpus=cpus, gpus=gpus, checkpoint_every=checkpoint_every)
     costs: list[float] = []  # the epochs seen so far, for the row of a run left unfinished
     left = Leaving(store, settings, costs, keep)
@@ -194,8 +196,9 @@ def evaluate_and_store(
     started = time.perf_counter()
     with connect(address, log=log):
         merged = evaluate_on_ray(
-            weights, images, labels, shards, sample, log=log, model=run["model"], onnx=onnx
-        )
+            weights, images, labels, shards, sample, log=log, model=run["model"], onnx=onnx,
+            model_args=usermodel.run_args(run) or None,
+        )  # fmt: skip
     s = merged["sample"]
     row = evaluation_row(
         eval_id=new_id("eval"),
@@ -275,7 +278,7 @@ def settings(run: dict, gpus: str, cpus: int, checkpoint_every: float):
     run stored before it was recorded) is the command line's."""
     if run.get("model_source") is not None:  # a user's model file: its text, not the file
         try:
-            usermodel.restore(run["model"], run["model_source"])
+            usermodel.restore(run["model"], run["model_source"], files=usermodel.run_files(run))
         except usermodel.ModelError as exc:
             raise StoreError(exc.line(), about="resume", value=run["run_id"]) from None
     cfg = TrainConfig(**{f.name: run[f.name] for f in dataclasses.fields(TrainConfig)})

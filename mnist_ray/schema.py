@@ -42,7 +42,7 @@ RUNS = pa.schema(
         ("gpu_peak_mib", pa.float64()),  # torch's peak allocation on the GPU; null on a CPU
         ("sweep_id", pa.string()),  # the sweep this run was a trial of; null for a single run
         ("model", pa.string()),  # softmax, mlp, cnn, ... or a user's net.py:Net, pkg.mod:make
-        ("optimizer", pa.string()),  # sgd or adam
+        ("optimizer", pa.string()),  # sgd, adam, adamw, ... (config.OPTIMIZERS)
         ("threads", pa.int32()),  # torch's threads in the training task; null on a GPU
         # A user's model file (--model FILE.py:NAME), its text, to build it again later;
         # null for a built-in model and for package.module:NAME.
@@ -64,6 +64,27 @@ RUNS = pa.schema(
         # Why the model was not exported to ONNX when an export was tried and failed (it
         # then evaluates in torch); null when it exported or was not meant to.
         ("export_failure", pa.string()),
+        # Opt-in training settings (TrainConfig; null in older runs: the course's way).
+        ("model_args", pa.string()),  # a user's model's constructor arguments, JSON
+        ("weight_decay", pa.float64()),
+        ("momentum", pa.float64()),
+        ("optimizer_args", pa.string()),  # the optimizer's other arguments, JSON
+        ("lr_schedule", pa.string()),  # constant, cosine, step, onecycle
+        ("lr_step", pa.int32()),
+        ("lr_gamma", pa.float64()),
+        ("warmup_epochs", pa.int32()),
+        ("val_split", pa.float64()),  # the fraction of the training set held out
+        ("keep", pa.string()),  # last, best (by validation accuracy)
+        ("patience", pa.int32()),
+        # What training produced with them:
+        ("lrs", pa.list_(pa.float64())),  # each epoch's learning rate, at its first step
+        ("val_costs", pa.list_(pa.float64())),  # with a validation split, each epoch's
+        ("val_accuracies", pa.list_(pa.float64())),
+        ("best_epoch", pa.int32()),  # the best epoch by validation accuracy
+        ("stopped_early", pa.bool_()),  # --patience ended the run before its epochs
+        # The .py files that were beside a user's model file (`from blocks import Block`),
+        # a JSON object {relative path: text}; null when there were none.
+        ("model_files", pa.string()),
     ]
 )
 # A run's identity and settings, in every row of it; the rest (what training produced)
@@ -125,9 +146,12 @@ KEYS = {"runs": "run_id", "evaluations": "eval_id", "sweeps": "sweep_id"}  # one
 # the only columns a row may leave out (it is then null there too).
 OPTIONAL = {"peak_rss_mib", "gpu_peak_mib", "shard_peak_rss_mib", "sweep_id"}
 OPTIONAL |= {f"misclassified_{c}" for c in ("index", "label", "prediction", "pixels")}
-OPTIONAL |= {"model", "optimizer", "threads", "model_source"}
+OPTIONAL |= {"model", "optimizer", "threads", "model_source", "model_files"}
 OPTIONAL |= {"updated_at", "status", "failure", "cpus", "gpus", "checkpoint_every"}
 OPTIONAL |= {"onnx_sha256", "engine", "weights_digest", "export_failure"}
+OPTIONAL |= {"model_args", "weight_decay", "momentum", "optimizer_args", "lr_schedule"}
+OPTIONAL |= {"lr_step", "lr_gamma", "warmup_epochs", "val_split", "keep", "patience"}
+OPTIONAL |= {"lrs", "val_costs", "val_accuracies", "best_epoch", "stopped_early"}
 # Names optional in one table and required in another: a sweep row always has its status.
 REQUIRED = {"sweeps": {"updated_at", "status"}}
 

@@ -205,11 +205,15 @@ class Store:
         self._checked(f"weights/{check_id(run['run_id'])}.safetensors", run, "weights_sha256")
 
     def read_weights(
-        self, run: dict, shapes: dict[str, tuple[int, ...]] = WEIGHT_SHAPES
+        self,
+        run: dict,
+        shapes: dict[str, tuple[int, ...]] = WEIGHT_SHAPES,
+        dtypes: dict[str, str] | None = None,
     ) -> dict[str, np.ndarray]:
         """The run's weights, refused unless they hash to the run row's sha256 and have
-        `shapes` (the model's: model.weight_shapes(run["model"]); the softmax model's by
-        default). safetensors holds raw arrays, so loading can never run code."""
+        `shapes` and `dtypes` (the model's: model.weight_layout(run["model"]); the softmax
+        model's, all float32, by default). safetensors holds raw arrays, so loading can
+        never run code."""
         relpath = f"weights/{check_id(run['run_id'])}.safetensors"
         data = self._checked(relpath, run, "weights_sha256")
         weights = decode_tensors(data, self.uri(relpath))
@@ -217,13 +221,14 @@ class Store:
             raise StoreError(f"{self.uri(relpath)}: holds {unknown[0]}; not weights of this model")
         for name, shape in shapes.items():
             got = weights.get(name)
-            if got is None or got.shape != shape or got.dtype != np.float32:
+            dtype = (dtypes or {}).get(name, "float32")
+            if got is None or got.shape != shape or str(got.dtype) != dtype:
                 found = None if got is None else f"{got.dtype}{list(got.shape)}"
                 raise StoreError(
-                    f"{self.uri(relpath)}: {name} is {found}, expected float32{list(shape)}; "
+                    f"{self.uri(relpath)}: {name} is {found}, expected {dtype}{list(shape)}; "
                     "not weights of this model"
                 )
-            if not np.isfinite(got).all():
+            if np.issubdtype(got.dtype, np.floating) and not np.isfinite(got).all():
                 raise StoreError(f"{self.uri(relpath)}: {name} holds NaN or infinity")
         return weights
 
@@ -234,7 +239,7 @@ def tensors_digest(arrays: dict[str, np.ndarray]) -> str:
     (the safetensors header names the run, so weights_sha256 differs between them)."""
     h = hashlib.sha256()
     for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
+        a = np.require(arrays[name], requirements="C")  # 0-d stays 0-d
         h.update(f"{name}\0{a.dtype.str}\0{list(a.shape)}\0".encode())
         h.update(a.tobytes())
     return h.hexdigest()
@@ -243,7 +248,7 @@ def tensors_digest(arrays: dict[str, np.ndarray]) -> str:
 def encode_tensors(arrays: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> bytes:
     from safetensors.numpy import save
 
-    return save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata=metadata)
+    return save({k: np.require(v, requirements="C") for k, v in arrays.items()}, metadata=metadata)
 
 
 def decode_tensors(data: bytes, where: str) -> dict[str, np.ndarray]:

@@ -75,6 +75,7 @@ def trial(config: dict, images, labels) -> None:
 
     run_id, cfg = config["trial"]["run_id"], TrainConfig(**config["trial"]["cfg"])
     source = config.get("model_sources", {}).get(cfg.model)
+    files = config.get("model_files", {}).get(cfg.model)
     store = Store(config["store"])  # attempts counted there: Ray counts no Tune restart
     row = dict(sweep_id=config["sweep_id"], attempts=checkpoints.count_attempt(store, run_id))
     args = (images, labels, store.location, run_id, config["use_gpu"], config["checkpoint_every"])
@@ -82,7 +83,7 @@ def trial(config: dict, images, labels) -> None:
     pending = None
     try:
         if source is not None:  # a user's file: its text, as the driver read it
-            usermodel.restore(cfg.model, source)
+            usermodel.restore(cfg.model, source, files=files)
         for event in stream:
             if "outcome" in event:
                 store_run(store, run_id, cfg, event["outcome"], **row)
@@ -215,6 +216,11 @@ def _tune(spec, store, sweep_id, todo, *, images, labels, log) -> tuple[list[str
         # file goes as its text, which the trial runs (usermodel.restore) before training.
         "model_sources": {
             c.model: usermodel.source_of(c.model) for _, c in todo if usermodel.is_user(c.model)
+        },
+        "model_files": {  # and the .py files beside it (`from blocks import Block`)
+            c.model: usermodel.load(c.model).files
+            for _, c in todo
+            if usermodel.is_user(c.model) and usermodel.parse(c.model)[0] == "file"
         },
     }
     scheduler = None

@@ -38,6 +38,7 @@ the per-step launch overhead that dominates models this small.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import sys
 import time
@@ -51,7 +52,8 @@ from torch import nn
 
 from mnist_ray.checkpoints import Checkpoint
 from mnist_ray.config import IMAGE_SHAPE, TrainConfig, first_line
-from mnist_ray.model import get_model
+from mnist_ray.model import get_model, numpy_state, torch_state
+from mnist_ray.outcome import Diverged, epoch_line
 
 
 @dataclass
@@ -62,6 +64,11 @@ class TrainResult:
     device: str  # e.g. "cpu" or "cuda:0 (NVIDIA H100 80GB HBM3)"
     cuda_graph: bool = False  # whether the epochs ran as a replayed CUDA graph
     threads: int = 1  # torch's intra-op threads: the CPU costs depend on it
+    lrs: list[float] | None = None  # each epoch's learning rate (at its first step)
+    val_costs: list[float] | None = None  # with a validation split: each epoch's
+    val_accuracies: list[float] | None = None
+    best_epoch: int | None = None  # with a validation split: the best by its accuracy
+    stopped_early: bool | None = None  # with --patience: whether it ended the run
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,9 @@ class Epoch:
     epoch: int  # 1-based, as the tutorial prints it
     cost: float  # the epoch's average cost
     seconds: float  # since training started (this attempt), for progress
+    lr: float | None = None  # the epoch's learning rate, when a schedule moves it
+    val_cost: float | None = None  # with a validation split
+    val_accuracy: float | None = None
 
 
 def pick_device(use_gpu: bool = True) -> torch.device:
@@ -105,34 +115,86 @@ def sgd_step(params: list[torch.Tensor], loss: torch.Tensor, lr: float) -> None:
             param.add_(grad, alpha=-lr)
 
 
-def average_cost(costs: torch.Tensor, steps: int) -> float:
+def average_cost(costs: torch.Tensor, steps: int, epoch: int = 1) -> float:
     """The tutorial's `avg_cost += cost / total_batch` over an epoch's batch costs, in
     float32 and in batch order (numpy's accumulate adds strictly left to right), so the
-    printed cost is the tutorial's to the last digit."""
+    printed cost is the tutorial's to the last digit. A batch whose cost is not finite
+    raises Diverged, naming the first such step (counted from 1)."""
+    each = costs.cpu().numpy()
+    if not np.isfinite(each).all():
+        step = int(np.argmin(np.isfinite(each)))
+        raise Diverged(epoch=epoch, step=step + 1, cost=float(each[step]))
     return float(np.add.accumulate((costs / steps).cpu().numpy())[-1])
+
+
+def validation_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training positions, validation positions) of a set of `n`: the validation images
+    are the first round(fraction * n) of `torch.randperm(n)` drawn from a generator seeded
+    with the run's seed (the global RNG is not touched), the training images the others,
+    in the file's order. Both sorted."""
+    held = round(fraction * n)
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    order = torch.randperm(n, generator=generator).numpy()
+    return np.sort(order[held:]), np.sort(order[:held])
 
 
 Model = nn.Module | Callable[[], nn.Module]  # a module, or a class or builder that makes one
 
 
-def build_model(model: Model | None, name: str) -> nn.Module:
-    """The module to train: the registry's `name` by default; a class or builder is called
-    (after the seed is set, so its initial weights follow from the seed), a module is
-    trained from the weights it holds."""
+def build_model(model: Model | None, name: str, args: dict | None = None) -> nn.Module:
+    """The module to train: the registry's `name` by default (a user's model made with
+    `args`); a class or builder is called (after the seed is set, so its initial weights
+    follow from the seed), a module is trained from the weights it holds."""
     if model is None:
-        return get_model(name)
+        return get_model(name, args)
     return model if isinstance(model, nn.Module) else model()
 
 
 def make_optimizer(
     cfg: TrainConfig, params: list[torch.Tensor], capturable: bool = False
 ) -> torch.optim.Optimizer | None:
-    """torch.optim.Adam as the labs make it (`Adam(model.parameters(), lr=learning_rate)`),
-    or None for plain SGD, which `sgd_step` does. `capturable` keeps Adam's step count
-    on the device, which a CUDA graph needs to replay the step."""
-    if cfg.optimizer == "sgd":
+    """The course's by default: torch.optim.Adam as the labs make it (`Adam(model.
+    parameters(), lr=learning_rate)`), or None for plain SGD, which `sgd_step` does.
+    Otherwise (another optimizer, an argument, a schedule) the torch.optim class as anyone
+    makes it: `AdamW(params, lr=lr, weight_decay=0.01)`. `capturable` keeps the step
+    count on the device, which a CUDA graph needs to replay the step."""
+    if cfg.tutorial_steps and cfg.optimizer == "sgd":
         return None
-    return torch.optim.Adam(params, lr=cfg.lr, capturable=capturable)
+    if cfg.tutorial_steps:
+        return torch.optim.Adam(params, lr=cfg.lr, capturable=capturable)
+    from mnist_ray.optim import optimizer_class
+
+    return optimizer_class(cfg.optimizer)(params, lr=cfg.lr, **cfg.optimizer_kwargs())
+
+
+def make_schedule(cfg: TrainConfig, optimizer, steps: int):
+    """(scheduler, per_batch) for --lr-schedule and --warmup-epochs: torch's own classes,
+    stepped after each epoch (after each batch when per_batch), or (None, False).
+
+    cosine: CosineAnnealingLR(T_max = epochs - warmup); step: StepLR(step_size = --lr-step,
+    gamma = --lr-gamma); onecycle: OneCycleLR(max_lr = --lr, total_steps = epochs * steps,
+    pct_start = warmup / epochs when a warm-up is given, else torch's 0.3). A warm-up
+    before cosine, step or constant is LinearLR(start_factor=0.1, total_iters=warmup),
+    joined to the schedule by SequentialLR(milestones=[warmup])."""
+    from torch.optim import lr_scheduler as s
+
+    name, warmup = cfg.lr_schedule, cfg.warmup_epochs
+    if name == "onecycle":
+        pct = warmup / cfg.epochs if warmup else 0.3
+        total = cfg.epochs * steps
+        return s.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, pct_start=pct), True
+    main = None
+    if name == "cosine":
+        main = s.CosineAnnealingLR(optimizer, T_max=cfg.epochs - warmup)
+    elif name == "step":
+        main = s.StepLR(optimizer, step_size=cfg.lr_step or 1, gamma=cfg.lr_gamma or 0.1)
+    if not warmup:
+        return main, False
+    ramp = s.LinearLR(optimizer, start_factor=0.1, total_iters=warmup)
+    if main is None:
+        return ramp, False
+    return s.SequentialLR(optimizer, [ramp, main], milestones=[warmup]), False
 
 
 class Training:
@@ -160,23 +222,42 @@ class Training:
         torch.manual_seed(cfg.seed)
         # Built on the CPU from the seeded global RNG, then moved: the same initial weights
         # on every device, as in the labs (`model = ...(...).to(device)`).
-        self.model = build_model(model, cfg.model)
+        self.model = build_model(model, cfg.model, cfg.model_kwargs())
         self.criterion = nn.CrossEntropyLoss()
         self.started = time.perf_counter()
         self.model.to(device).train()  # train mode: dropout draws its masks, as in the labs
+        self.val_x = self.val_y = None
+        if cfg.val_split:
+            kept, held = validation_split(len(images), cfg.val_split, cfg.seed)
+            self.val_x = _tensor(np.asarray(images)[held]).to(device).reshape(len(held), -1)
+            self.val_y = _tensor(np.asarray(labels)[held]).to(device, torch.int64)
+            images, labels = np.asarray(images)[kept], np.asarray(labels)[kept]
         n = len(images)
         self.x = _tensor(images).to(device).reshape(n, -1)  # uint8: scaled per batch
         self.y = _tensor(labels).to(device, torch.int64)
         self.steps = n // cfg.batch_size  # drop_last: the tutorial's total_batch
         if self.steps == 0:
             raise ValueError(f"batch_size {cfg.batch_size} is larger than the {n} training images")
-        self.params = list(self.model.parameters())
-        graphed = device.type == "cuda" and cuda_graph
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        # A CUDA graph replays the course's steps; another optimizer or a moving rate trains
+        # eagerly (the rate is a Python float the graph would freeze).
+        graphed = device.type == "cuda" and cuda_graph and cfg.tutorial_steps
         self.optimizer = make_optimizer(cfg, self.params, capturable=graphed)
         self.epoch_costs: list[float] = []
+        self.lrs: list[float] = []
+        self.val_costs: list[float] = []
+        self.val_accuracies: list[float] = []
+        self.best: tuple[int, float, dict[str, torch.Tensor] | None] | None = None
+        self.stopped_early = False
         if resume is not None:
             _load_checkpoint(self.model, self.optimizer, resume, device)
             self.epoch_costs = list(resume.epoch_costs)
+            self.val_costs = list(resume.val_costs)
+            self.val_accuracies = list(resume.val_accuracies)
+            self.best = _best_from(resume, self.model, device)
+        # After the checkpoint's optimizer state: a scheduler records the rate it starts at.
+        self.schedule, self.per_batch = make_schedule(cfg, self.optimizer, self.steps)
+        self._replay_schedule(len(self.epoch_costs))
         self.perm = torch.empty(n, dtype=torch.int64, device=device)
         self.costs = torch.zeros(0, device=device)
         self.replay = None
@@ -190,6 +271,39 @@ class Training:
             self.optimizer.zero_grad()
             cost.backward()
             self.optimizer.step()
+            if self.per_batch:
+                self.schedule.step()
+
+    def _lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"]) if self.optimizer else self.cfg.lr
+
+    def _replay_schedule(self, epochs: int) -> None:
+        """The rates of the epochs a checkpoint restored: the schedule stepped as training
+        stepped it (a float recurrence: replayed, it gives the very same rates)."""
+        for _ in range(epochs):
+            self.lrs.append(self._lr())
+            if self.schedule is not None:
+                with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()"
+                    warnings.simplefilter("ignore", UserWarning)
+                    for _ in range(self.steps if self.per_batch else 1):
+                        self.schedule.step()
+
+    def _validate(self) -> tuple[float, float]:
+        """(mean cost, accuracy) on the held-out images, the model in eval mode (dropout
+        off, BatchNorm on its running statistics), then back in train mode."""
+        self.model.eval()
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        with torch.no_grad():
+            for a in range(0, len(self.val_y), 1000):
+                x = (self.val_x[a : a + 1000] / 255).view(-1, *IMAGE_SHAPE)
+                y = self.val_y[a : a + 1000]
+                scores = self.model(x)
+                total += nn.functional.cross_entropy(scores, y, reduction="sum").double()
+                correct += (scores.argmax(dim=1) == y).sum()
+        self.model.train()
+        n = len(self.val_y)
+        return float(total) / n, int(correct) / n
 
     def _epoch(self, count: int | None = None) -> None:
         """The tutorial's inner loop over this epoch's permutation (`self.perm`); the
@@ -219,20 +333,56 @@ class Training:
 
     def __iter__(self) -> Iterator[Epoch]:
         for epoch in range(len(self.epoch_costs), self.cfg.epochs):
+            lr = self._lr()
             self._shuffle()
             if self.replay is not None:
                 self.replay()
             else:
                 self._epoch()
-            self.epoch_costs.append(average_cost(self.costs, self.steps))
-            self.log(f"Epoch: {epoch + 1:04d} cost = {self.epoch_costs[-1]:.9f}")
-            yield Epoch(epoch + 1, self.epoch_costs[-1], time.perf_counter() - self.started)
+            cost = average_cost(self.costs, self.steps, epoch + 1)  # Diverged if not finite
+            self.epoch_costs.append(cost)
+            self.lrs.append(lr)
+            if self.schedule is not None and not self.per_batch:
+                self.schedule.step()
+            moving = self.cfg.lr_schedule != "constant" or self.cfg.warmup_epochs
+            shown = Epoch(epoch + 1, cost, 0.0, lr=lr if moving else None)
+            if self.val_y is not None:
+                val_cost, val_accuracy = self._validate()
+                self.val_costs.append(val_cost)
+                self.val_accuracies.append(val_accuracy)
+                self._keep_best(epoch + 1, val_accuracy)
+                shown = dataclasses.replace(shown, val_cost=val_cost, val_accuracy=val_accuracy)
+            self.log(epoch_line(shown))
+            yield dataclasses.replace(shown, seconds=time.perf_counter() - self.started)
+            patience = self.cfg.patience
+            if patience is not None and epoch + 1 - self.best[0] >= patience:
+                if epoch + 1 < self.cfg.epochs:
+                    self.stopped_early = True
+                    self.log(
+                        f"Stopped early after epoch {epoch + 1}: validation accuracy has not "
+                        f"improved for {patience} epoch(s) (best: epoch {self.best[0]})"
+                    )
+                return
+
+    def _keep_best(self, epoch: int, accuracy: float) -> None:
+        """The best epoch so far by validation accuracy (the first of equals), and with
+        --keep best its weights, copied on the device."""
+        if self.best is None or accuracy > self.best[1]:
+            state = None
+            if self.cfg.keep == "best":
+                state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.best = (epoch, accuracy, state)
 
     def checkpoint(self) -> Checkpoint:
         """The state after the epochs so far: enough to resume bit-identically."""
+        best_epoch, _, best_state = self.best or (None, None, None)
         return Checkpoint(
             epoch=len(self.epoch_costs),
             epoch_costs=list(self.epoch_costs),
+            val_costs=list(self.val_costs),
+            val_accuracies=list(self.val_accuracies),
+            best_epoch=best_epoch,
+            best_weights=numpy_state(best_state) if best_state is not None else {},
             weights=_weights(self.model),
             rng_state=torch.get_rng_state().numpy().copy(),
             optimizer=_optimizer_state(self.optimizer),
@@ -244,13 +394,23 @@ class Training:
         )
 
     def result(self) -> TrainResult:
+        validated = self.val_y is not None
+        best_epoch, _, best_state = self.best or (None, None, None)
+        weights = _weights(self.model)
+        if self.cfg.keep == "best" and best_state is not None:
+            weights = numpy_state(best_state)
         return TrainResult(
-            weights=_weights(self.model),
+            weights=weights,
             epoch_costs=list(self.epoch_costs),
             seconds=time.perf_counter() - self.started,
             device=describe(self.device),
             cuda_graph=self.replay is not None,
             threads=torch.get_num_threads(),
+            lrs=list(self.lrs),
+            val_costs=list(self.val_costs) if validated else None,
+            val_accuracies=list(self.val_accuracies) if validated else None,
+            best_epoch=best_epoch if validated else None,
+            stopped_early=self.stopped_early if self.cfg.patience is not None else None,
         )
 
     def _capture(self) -> Callable[[], None] | None:
@@ -352,7 +512,19 @@ def _state_tensors(optimizer, clone: bool = False) -> dict[tuple[int, str], torc
 
 
 def _weights(model: nn.Module) -> dict[str, np.ndarray]:
-    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+    """Every entry of the state_dict (parameters and buffers, any dtype), as stored."""
+    return numpy_state(model.state_dict())
+
+
+def _best_from(ckpt: Checkpoint, model: nn.Module, device: torch.device):
+    """The best epoch a checkpoint recorded: (epoch, accuracy, its weights or None)."""
+    if ckpt.best_epoch is None:
+        return None
+    state = None
+    if ckpt.best_weights:
+        like = model.state_dict()
+        state = {k: v.to(device) for k, v in torch_state(ckpt.best_weights, like).items()}
+    return ckpt.best_epoch, ckpt.val_accuracies[ckpt.best_epoch - 1], state
 
 
 def _optimizer_state(optimizer) -> dict[str, np.ndarray]:
@@ -362,7 +534,7 @@ def _optimizer_state(optimizer) -> dict[str, np.ndarray]:
 
 
 def _load_checkpoint(model: nn.Module, optimizer, ckpt: Checkpoint, device: torch.device) -> None:
-    state = {k: torch.from_numpy(np.array(v)) for k, v in ckpt.weights.items()}
+    state = torch_state(ckpt.weights, model.state_dict())
     try:
         model.load_state_dict(state)  # checks every name and shape; copies in place
     except RuntimeError as exc:

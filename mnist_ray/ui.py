@@ -26,7 +26,16 @@ import typer
 from rich.console import Console, ConsoleDimensions
 from rich.text import Text
 
-from mnist_ray.config import DEFAULT_MODEL, MODEL_DEFAULTS, OPTIMIZERS, ConfigError, check_id
+from mnist_ray.config import (
+    DEFAULT_MODEL,
+    KEEPS,
+    MODEL_DEFAULTS,
+    OPTIMIZERS,
+    SCHEDULES,
+    ConfigError,
+    check_id,
+    name_values,
+)
 from mnist_ray.data import DataError
 from mnist_ray.errors import ClusterError, RefusedError
 from mnist_ray.output import as_json
@@ -290,6 +299,98 @@ LrsOpt = Annotated[
         "--lr",
         help="Learning rates: a list 0.01,0.1,0.5 or a range 0.001..1 (default: the model's "
         "lab rate, 0.1 for softmax).",
+        show_default=False,
+    ),
+]
+
+
+def _pairs(param: str):
+    """A NAME=VALUE option's check: each pair parsed now (the list is kept as given, and
+    TrainConfig gets it as one JSON object: config.name_values)."""
+
+    def check(values: list[str] | None) -> list[str]:
+        try:
+            name_values(param, list(values or ()))
+        except ConfigError as exc:
+            raise typer.BadParameter(exc.message) from None
+        return list(values or ())
+
+    return check
+
+
+Schedule = StrEnum("Schedule", {n: n for n in SCHEDULES})
+Keep = StrEnum("Keep", {n: n for n in KEEPS})
+ModelArgsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--model-arg",
+        callback=_pairs("model_args"),
+        metavar="NAME=VALUE",
+        help="Your model's constructor argument, VALUE a JSON literal (width=64, "
+        "kind='\"wide\"'); repeat for more.",
+        show_default=False,
+    ),
+]
+WeightDecayOpt = Annotated[
+    float | None,
+    typer.Option(
+        min=0, help="The optimizer's weight_decay (default: its own).", show_default=False
+    ),
+]
+MomentumOpt = Annotated[
+    float | None,
+    typer.Option(min=0, help="The optimizer's momentum (sgd, rmsprop).", show_default=False),
+]
+OptimizerArgsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--optimizer-arg",
+        callback=_pairs("optimizer_args"),
+        metavar="NAME=VALUE",
+        help="Another argument of the torch.optim class (betas='[0.9,0.99]', nesterov=true).",
+        show_default=False,
+    ),
+]
+ScheduleOpt = Annotated[
+    Schedule,
+    typer.Option(
+        "--lr-schedule",
+        callback=lambda value: getattr(value, "value", value),
+        help="Learning-rate schedule: cosine and step after each epoch, onecycle each batch.",
+    ),
+]
+LrStepOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=1, max=10_000, help="--lr-schedule step: epochs per decay (1).", show_default=False
+    ),
+]
+LrGammaOpt = Annotated[
+    float | None,
+    typer.Option(min=0, help="--lr-schedule step: the decay factor (0.1).", show_default=False),
+]
+WarmupOpt = Annotated[
+    int, typer.Option(min=0, max=9_999, help="Epochs of linear warm-up from lr/10.")
+]
+ValSplitOpt = Annotated[
+    float,
+    typer.Option(
+        min=0, max=0.5, help="Fraction of the training set held out for validation each epoch."
+    ),
+]
+KeepOpt = Annotated[
+    Keep,
+    typer.Option(
+        callback=lambda value: getattr(value, "value", value),
+        help="The weights stored: the last epoch's, or the best by validation accuracy.",
+    ),
+]
+PatienceOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        max=10_000,
+        help="Stop when validation accuracy has not improved for this many epochs.",
         show_default=False,
     ),
 ]

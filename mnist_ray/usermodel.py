@@ -10,7 +10,7 @@
 
 The contract: NAME is an nn.Module class, or a function that takes no argument and returns
 an nn.Module, mapping a float batch (B, 1, 28, 28) in 0..1 to (B, 10) class scores, its
-state_dict all float32 (docs/models.md).
+state_dict any tensors a weights file holds (float, integer or boolean: docs/models.md).
 
 How the code reaches the Ray tasks: never through a shared filesystem. A file's text
 becomes a package named from its hash, `mnist_ray_user_<sha12>/__init__.py`, in a temporary
@@ -32,6 +32,7 @@ import atexit
 import contextlib
 import hashlib
 import importlib
+import importlib.util
 import json
 import os
 import random
@@ -66,10 +67,19 @@ class Loaded:
     source: str | None  # the file's text (file form); None for package.module
     ship: Path | None  # what py_modules carries to the tasks; None: nothing to carry
     mapped: bool  # a file: the tasks import it as module.__name__, told by MODULES_VAR
+    files: dict[str, str] | None = None  # the .py files beside it, by relative path
+
+
+# A file model's folder goes with it: every .py file under the file's folder (so `from
+# blocks import Block` works on the cluster), but not these folders, nor any virtualenv
+# (a folder holding pyvenv.cfg), and no more than MAX_FOLDER bytes of them.
+SKIPPED = {".git", "__pycache__", ".venv", "venv", "env", "node_modules", ".tox", ".mypy_cache"}
+SKIPPED |= {".pytest_cache", ".ruff_cache", "site-packages", "build", "dist"}
+MAX_FOLDER = 8 * 2**20
 
 
 _LOADED: dict[str, Loaded] = {}
-_CHECKED: set[str] = set()
+_CHECKED: set[tuple[str, str]] = set()  # (spec, its arguments as JSON)
 _root: Path | None = None
 
 
@@ -113,7 +123,7 @@ def load(spec: str) -> Loaded:
             raise ModelError(f"no such file {target}", value=spec) from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ModelError(f"can't read {target}: {_line(exc)}", value=spec) from None
-        return restore(spec, source, shown=target)
+        return restore(spec, source, shown=target, files=beside(path, spec))
     with contextlib.suppress(OSError):  # `mnist-ray` is a script: its sys.path lacks the cwd
         if os.getcwd() not in sys.path:
             sys.path.append(os.getcwd())
@@ -124,15 +134,56 @@ def load(spec: str) -> Loaded:
     return _LOADED[spec]
 
 
-def restore(spec: str, source: str, shown: str | None = None) -> Loaded:
-    """The file form from its text (a run row's model_source): the module it becomes,
-    `mnist_ray_user_<sha12>`, run here under that name; replaces what `spec` loaded before."""
+def beside(path: Path, spec: str) -> dict[str, str] | None:
+    """The .py files under `path`'s folder but `path` itself, {relative path: text}; None
+    when there are none. Refused (ModelError) over MAX_FOLDER bytes."""
+    folder = path.resolve().parent
+    found: dict[str, str] = {}
+    size = 0
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(
+            d for d in dirs if d not in SKIPPED and not (Path(root, d) / "pyvenv.cfg").exists()
+        )
+        for name in sorted(names):
+            file = Path(root, name)
+            if not name.endswith(".py") or file == path.resolve():
+                continue
+            try:
+                text = file.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ModelError(f"can't read {file}: {_line(exc)}", value=spec) from None
+            size += len(text.encode())
+            if size > MAX_FOLDER:
+                raise ModelError(
+                    f"the .py files beside {path.name} in {folder} are over "
+                    f"{MAX_FOLDER // 2**20} MiB; give the model a folder of its own",
+                    value=spec,
+                )
+            found[file.relative_to(folder).as_posix()] = text
+    return found or None
+
+
+def _code_name(source: str, files: dict[str, str] | None) -> str:
+    """The package a file's text (and the files beside it) becomes: named from its hash."""
+    text = source if not files else json.dumps([source, files], sort_keys=True)
+    return PREFIX + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def restore(
+    spec: str, source: str, shown: str | None = None, files: dict[str, str] | None = None
+) -> Loaded:
+    """The file form from its text (a run row's model_source) and the files that were
+    beside it (model_files): the module it becomes, `mnist_ray_user_<sha12>`, run here
+    under that name, the files written where it can import them; replaces what `spec`
+    loaded before."""
     _, target, attr = parse(spec)
-    name = PREFIX + hashlib.sha256(source.encode()).hexdigest()[:12]
+    name = _code_name(source, files)
     module = sys.modules.get(name)
     if module is None:
         module = types.ModuleType(name)
         module.__file__ = shown or target
+        if files:  # `from blocks import Block`: the folder's files, written, on sys.path
+            _on_path(_write_package(name, source, files))
         try:
             code = compile(source, shown or target, "exec")
             sys.modules[name] = module  # as an import does: classes may look it up by name
@@ -146,13 +197,24 @@ def restore(spec: str, source: str, shown: str | None = None) -> Loaded:
             sys.modules.pop(name, None)
             raise ModelError(f"importing {target} raised {_named(exc)}", value=spec) from None
     if spec in _LOADED and _LOADED[spec].module is not module:
-        _CHECKED.discard(spec)  # other code under the same spec: check it again
-    _LOADED[spec] = Loaded(spec, module, attr, source=source, ship=None, mapped=True)
-    return _LOADED[spec]
+        for key in [k for k in _CHECKED if k[0] == spec]:  # other code, same spec: check again
+            _CHECKED.discard(key)
+    loaded = Loaded(spec, module, attr, source=source, ship=None, mapped=True, files=files)
+    _LOADED[spec] = loaded
+    return loaded
+
+
+def _on_path(folder: Path) -> None:
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
 
 
 def _import(spec: str, name: str) -> types.ModuleType:
     try:
+        if name.startswith(PREFIX):  # shipped: the files beside the model sit in its folder
+            found = importlib.util.find_spec(name)
+            if found is not None and found.submodule_search_locations:
+                _on_path(Path(list(found.submodule_search_locations)[0]))
         return importlib.import_module(name)
     except SyntaxError as exc:
         where = f"{exc.filename} line {exc.lineno}"
@@ -197,9 +259,10 @@ def _rng_kept():
     random.setstate(state)
 
 
-def build(spec: str):
-    """A new nn.Module from the spec's class or factory (drawing from the global RNG, as
-    a built-in model's build does, so the seed decides its initial weights)."""
+def build(spec: str, args: dict | None = None):
+    """A new nn.Module from the spec's class or factory, called with `args` (--model-arg)
+    as keyword arguments (drawing from the global RNG, as a built-in model's build does,
+    so the seed decides its initial weights)."""
     from torch import nn
 
     loaded = load(spec)
@@ -220,13 +283,17 @@ def build(spec: str):
             f"{loaded.attr} is {kind}, not an nn.Module class or a function making one",
             value=spec,
         )
+    args = args or {}
+    called = f"{loaded.attr}({', '.join(f'{k}={v!r}' for k, v in args.items())})"
     try:
-        module = made()
+        module = made(**args)
+    except TypeError as exc:  # an argument it does not take, or one it needs
+        raise ModelError(f"{called} raised TypeError: {_line(exc)}", value=spec) from None
     except (Exception, SystemExit) as exc:
-        raise ModelError(f"{loaded.attr}() raised {_named(exc)}", value=spec) from None
+        raise ModelError(f"{called} raised {_named(exc)}", value=spec) from None
     if not isinstance(module, nn.Module):
         got = type(module).__name__
-        raise ModelError(f"{loaded.attr}() returned a {got}, not an nn.Module", value=spec)
+        raise ModelError(f"{called} returned a {got}, not an nn.Module", value=spec)
     return module
 
 
@@ -237,20 +304,22 @@ def _where(loaded: Loaded) -> str:
     return parse(loaded.spec)[1]
 
 
-def check(spec: str) -> None:
-    """Everything a run needs of the model, before any Ray task: it builds, its weights
-    are float32, and a batch of 2 zero images gives (2, 10) scores. ModelError otherwise."""
-    if spec in _CHECKED:
+def check(spec: str, args: dict | None = None) -> None:
+    """Everything a run needs of the model, before any Ray task: it builds (with `args`),
+    its state_dict holds only tensors a weights file can store, and a batch of 2 zero
+    images gives (2, 10) scores. ModelError otherwise."""
+    key = (spec, json.dumps(args or {}, sort_keys=True))
+    if key in _CHECKED:
         return
     import torch
 
     with _rng_kept():
-        module = build(spec)
-        odd = [(k, v.dtype) for k, v in module.state_dict().items() if v.dtype != torch.float32]
+        module = build(spec, args)
+        odd = [(k, v.dtype) for k, v in module.state_dict().items() if _unstorable(v.dtype)]
         if odd:
             name, dtype = odd[0]
             raise ModelError(
-                f"its state_dict's {name} is {dtype}; weights must be float32", value=spec
+                f"its state_dict's {name} is {dtype}, which a weights file can't hold", value=spec
             )
         if not any(p.requires_grad for p in module.parameters()):
             raise ModelError("it has no parameters to train", value=spec)
@@ -268,22 +337,32 @@ def check(spec: str) -> None:
         raise ModelError(f"forward gives {tuple(out.shape)}, not {want}", value=spec)
     if not out.is_floating_point():
         raise ModelError(f"forward gives {out.dtype} scores, not floating point", value=spec)
-    _CHECKED.add(spec)
+    _CHECKED.add(key)
+
+
+def _unstorable(dtype) -> bool:
+    """Whether safetensors' numpy side can't hold it (complex, float8); others are stored."""
+    return dtype.is_complex or "float8" in str(dtype)
+
+
+def run_args(run: dict) -> dict:
+    """A stored run's model arguments (its model_args column, a JSON object)."""
+    return json.loads(run.get("model_args") or "{}")
 
 
 def restore_run(run: dict) -> None:
     """A stored run's model, ready to build: from the row's model_source when it has one
     (the file form), else loaded from its spec; checked as at training."""
     if run.get("model_source") is not None:
-        restore(run["model"], run["model_source"])
-    check(run["model"])
+        restore(run["model"], run["model_source"], files=run_files(run))
+    check(run["model"], run_args(run))
 
 
-def shell(spec: str):
+def shell(spec: str, args: dict | None = None):
     """The module with its initial weights, the global RNGs left as they were: for its
     state_dict's names and shapes, or to load stored weights into."""
     with _rng_kept():
-        return build(spec)
+        return build(spec, args)
 
 
 def source_of(spec: str) -> str | None:
@@ -293,6 +372,20 @@ def source_of(spec: str) -> str | None:
         return None
     loaded = load(spec)
     return loaded.source if parse(spec)[0] == "file" else None
+
+
+def files_of(spec: str) -> str | None:
+    """What the run row keeps as model_files: the .py files that were beside a model file,
+    as a JSON object {relative path: text}; None when there were none."""
+    if not is_user(spec) or parse(spec)[0] != "file":
+        return None
+    files = load(spec).files
+    return json.dumps(files, sort_keys=True) if files else None
+
+
+def run_files(run: dict) -> dict[str, str] | None:
+    """A stored run's model_files, as {relative path: text}."""
+    return json.loads(run["model_files"]) if run.get("model_files") else None
 
 
 # ---- shipping to Ray tasks ----------------------------------------------------------------------
@@ -308,15 +401,26 @@ def _temp_root() -> Path:
 
 def package_dir(spec: str) -> Path | None:
     """The folder py_modules carries: the file's `mnist_ray_user_<sha12>/` (written here,
-    in a temporary folder), or the package's own; None: nothing to carry."""
+    in a temporary folder, with the files beside it), or the package's own; None: nothing
+    to carry."""
     loaded = load(spec)
     if not loaded.mapped:
         return loaded.ship
-    folder = _temp_root() / loaded.module.__name__
+    return _write_package(loaded.module.__name__, loaded.source, loaded.files)
+
+
+def _write_package(name: str, source: str, files: dict[str, str] | None) -> Path:
+    """`<temp>/<name>/`: `__init__.py` holding the model file's text, the files that were
+    beside it under their relative paths. Written once, whole (a .part folder renamed)."""
+    folder = _temp_root() / name
     if not folder.exists():
         part = folder.with_name(folder.name + ".part")
-        part.mkdir(exist_ok=True)
-        (part / "__init__.py").write_text(loaded.source, encoding="utf-8")
+        shutil.rmtree(part, ignore_errors=True)
+        part.mkdir()
+        (part / "__init__.py").write_text(source, encoding="utf-8")
+        for relpath, text in (files or {}).items():
+            (part / relpath).parent.mkdir(parents=True, exist_ok=True)
+            (part / relpath).write_text(text, encoding="utf-8")
         part.rename(folder)
     return folder
 
@@ -357,6 +461,9 @@ def job_files(spec: str, folder: Path) -> tuple[str, dict]:
     if kind == "file":
         name = Path(target).name
         (folder / name).write_text(loaded.source, encoding="utf-8")
+        for relpath, text in (loaded.files or {}).items():  # the files beside it, beside it
+            (folder / relpath).parent.mkdir(parents=True, exist_ok=True)
+            (folder / relpath).write_text(text, encoding="utf-8")
         return f"{name}:{attr}", {"working_dir": str(folder)}
     return spec, ({"py_modules": [str(loaded.ship)]} if loaded.ship else {})
 

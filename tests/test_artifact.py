@@ -82,10 +82,9 @@ def test_a_short_last_batch_is_scored_as_in_the_whole_set(mnist_test):
         assert np.array_equal(logits(None, images, start, stop, onnx=onnx), whole[start:stop])
 
 
-def test_a_users_model_is_not_exported():
-    """Its forward may branch in Python on its input, which a trace would freeze."""
-    assert artifact.export("nets/net.py:Net", {}) is None
-    assert artifact.export("pkg.mod:make", {}) is None
+# A user's model is exported when its graph scores as its torch forward does, and not
+# when it branches on its input: tests/test_training_options.py
+# (test_a_users_model_exports_to_onnx_only_when_its_scores_are_torchs).
 
 
 def cli(*args: str):

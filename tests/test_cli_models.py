@@ -56,7 +56,7 @@ def test_models_lists_every_model_with_its_parameters():
     ("args", "option"),
     [
         (["--model", "nope"], "--model"),
-        (["--optimizer", "rmsprop"], "--optimizer"),
+        (["--optimizer", "adamx"], "--optimizer"),
         (["--cpus", "0"], "--cpus"),
     ],
 )

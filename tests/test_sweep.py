@@ -271,7 +271,7 @@ def test_random_search_is_reproducible_from_the_search_seed():
         (["--resume", "../x"], "not a valid id"),
         (["--model", "softmax,nope"], "'--model': unknown model 'nope'"),
         (["--model", "mlp,mlp"], "'--model': mlp,mlp: a value is given twice"),
-        (["--model", "softmax,mlp", "--optimizer", "sgd,rmsprop"], "unknown optimizer"),
+        (["--model", "softmax,mlp", "--optimizer", "sgd,adamx"], "unknown optimizer"),
     ],
 )
 def test_bad_sweep_options_are_one_clear_line(args, needle, tmp_path):
