@@ -310,6 +310,17 @@ def sweep(
         int, typer.Option(min=1, max=MAX_SHARDS, help="With --evaluate: CPU tasks per run.")
     ] = EVAL.shards,
     checkpoint_every: CheckpointEveryOpt = CHECKPOINT_EVERY,
+    model_args: ui.ModelArgsOpt = None,
+    weight_decay: ui.WeightDecayOpt = None,
+    momentum: ui.MomentumOpt = None,
+    optimizer_args: ui.OptimizerArgsOpt = None,
+    lr_schedule: ui.ScheduleOpt = CONSTANT,
+    lr_step: ui.LrStepOpt = None,
+    lr_gamma: ui.LrGammaOpt = None,
+    warmup_epochs: ui.WarmupOpt = TUTORIAL.warmup_epochs,
+    val_split: ui.ValSplitOpt = TUTORIAL.val_split,
+    keep: ui.KeepOpt = LAST,
+    patience: ui.PatienceOpt = None,
     resume: Annotated[
         str | None,
         typer.Option(help="Run the trials of this sweep that have no run yet.", metavar="SWEEP_ID"),
@@ -326,11 +337,19 @@ def sweep(
     """
     from mnist_ray import sweep as sweeps
 
+    train_options = dict(
+        model_args=name_values("model_args", model_args), weight_decay=weight_decay,
+        momentum=momentum, optimizer_args=name_values("optimizer_args", optimizer_args),
+        lr_schedule=lr_schedule, lr_step=lr_step, lr_gamma=lr_gamma,
+        warmup_epochs=warmup_epochs, val_split=val_split, keep=keep, patience=patience,
+    )  # fmt: skip  # the same in every trial
+
     spec = sweeps.definition(
         lr, batch_size=batch_size, seed=seed, epochs=epochs, dataset=dataset.value,
         samples=samples, search_seed=search_seed, early_stop=early_stop,
         gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial, evaluate=evaluate,
         shards=shards, checkpoint_every=checkpoint_every, model=model, optimizer=optimizer,
+        train_options=train_options,
     )  # fmt: skip
     if resume is not None:
         check_id(resume, "resume")

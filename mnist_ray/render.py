@@ -52,6 +52,7 @@ def leaderboard(summary: dict) -> list:
     """A sweep, best first: only the parameters that vary, then the outcome of each trial."""
     trials, varying = summary["trials"], summary["varying"]
     evaluated = any(t["accuracy"] is not None for t in trials)
+    validated = any(t.get("val_accuracy") is not None for t in trials)
     rows = []
     for rank, t in enumerate(trials, 1):
         cells = [str(rank), t["run_id"], *(cell(n, t[n]) for n in varying)]  # model: a name
@@ -60,10 +61,13 @@ def leaderboard(summary: dict) -> list:
             f"{t['train_seconds']:.2f}" if t["train_seconds"] is not None else "-",
             f"{t['peak_rss_mib']:.0f}" if t["peak_rss_mib"] is not None else "-",
         ]
+        if validated:
+            cells.append(f"{t['val_accuracy']:.4f}" if t["val_accuracy"] is not None else "-")
         if evaluated:
             cells.append(f"{t['accuracy']:.4f}" if t["accuracy"] is not None else "-")
         rows.append(cells)
     columns = ["#", "run_id", *varying, "final cost", "seconds", "peak MiB"]
+    columns += ["val accuracy"] if validated else []
     columns += ["accuracy"] if evaluated else []
     if any(t["status"] != "finished" for t in trials):
         columns.append("status")

@@ -92,6 +92,8 @@ def trial(config: dict, images, labels) -> None:
             if pending is not None:
                 tune.report(pending)
             pending = {k: event[k] for k in ("epoch", "cost", "seconds")}
+            if event.get("val_accuracy") is not None:  # ASHA's metric with a validation split
+                pending["val_accuracy"] = event["val_accuracy"]
     except Exception as exc:  # any failure of the training is the trial's result
         tune.report({"epoch": 0, "cost": math.inf, "error": f"{type(exc).__name__}: {exc}"})
         return
@@ -225,8 +227,11 @@ def _tune(spec, store, sweep_id, todo, *, images, labels, log) -> tuple[list[str
     }
     scheduler = None
     if spec["early_stop"]:  # stop trials whose cost trails the others' at the same epoch
+        # With a validation split: by validation accuracy, never by the test set.
+        validated = bool((spec.get("train_options") or {}).get("val_split"))
+        metric, mode = ("val_accuracy", "max") if validated else ("cost", "min")
         scheduler = ASHAScheduler(
-            time_attr="epoch", metric="cost", mode="min", max_t=spec["epochs"], grace_period=1
+            time_attr="epoch", metric=metric, mode=mode, max_t=spec["epochs"], grace_period=1
         )
     with _experiment_dir(store) as storage:
         tuner = tune.Tuner(

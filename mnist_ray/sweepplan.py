@@ -19,6 +19,7 @@ row yet.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -101,8 +102,11 @@ def definition(
     checkpoint_every: float = CHECKPOINT_EVERY,
     model: str = DEFAULT_MODEL,
     optimizer: str | None = None,  # None: each model's lab optimizer
+    train_options: dict | None = None,  # opt-in TrainConfig settings, the same in every trial
 ) -> dict:
     """What the user asked for, checked, as a JSON-able dict (kept in the sweep row)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    fixed = {k: v for k, v in (train_options or {}).items() if v not in (None, defaults[k])}
     TrainConfig(dataset=dataset, epochs=epochs).validate()
     EvalConfig(shards).validate()
     if not 1 <= samples <= MAX_TRIALS:
@@ -129,12 +133,13 @@ def definition(
         "evaluate": evaluate,
         "shards": shards,
         "checkpoint_every": checkpoint_every,
+        "train_options": fixed,
     }
     # Every model with every optimizer, now: a bad name, or a model with no lab default
     # and no --optimizer/--lr, is refused before anything starts.
     some_lr = spec["lr"][0] if isinstance(spec["lr"], list) else spec["lr"]["range"][0]
     for name, opt in itertools.product(spec["model"], spec["optimizer"]):
-        TrainConfig(model=name, optimizer=opt, lr=some_lr).validate()
+        TrainConfig(model=name, optimizer=opt, lr=some_lr, epochs=epochs, **fixed).validate()
     count = samples * math.prod(len(v) for n in AXES if isinstance(v := spec[n], list))
     if count > MAX_TRIALS:
         raise ConfigError("samples", f"the sweep would have {count} trials, over {MAX_TRIALS}")
@@ -156,7 +161,8 @@ def plan(spec: dict, sweep_id: str) -> list[tuple[str, TrainConfig]]:
             for name in PARAMS:
                 if isinstance(values[name], dict):
                     values[name] = _draw(rng, name, *values[name]["range"])
-            cfg = TrainConfig(dataset=spec["dataset"], epochs=spec["epochs"], **values)
+            fixed = spec.get("train_options") or {}  # older definitions: none
+            cfg = TrainConfig(dataset=spec["dataset"], epochs=spec["epochs"], **values, **fixed)
             trials.append((f"run-{sweep_id.removeprefix('sweep-')}-t{len(trials):03d}", cfg))
     return trials
 
@@ -211,7 +217,7 @@ def write_sweep(store, sweep, status, seconds, failed=(), stopped=()) -> tuple[d
     stopped before; returns it and the sweep's runs by id, for the leaderboard."""
     runs = {r["run_id"]: r for r in sweep_runs(store, sweep["sweep_id"])}
     finished = [t for t in sweep["trial_ids"] if t in runs]
-    best = min(finished, key=lambda t: runs[t]["epoch_costs"][-1], default=None)
+    best = min(finished, key=lambda t: rank(runs[t]), default=None)
     row = {
         **sweep,
         "updated_at": now(),
@@ -225,6 +231,24 @@ def write_sweep(store, sweep, status, seconds, failed=(), stopped=()) -> tuple[d
     }
     store.write_row("sweeps", row)
     return row, runs
+
+
+def validated_accuracy(run: dict) -> float | None:
+    """With a validation split: the validation accuracy of the weights the run kept (its
+    best epoch's with --keep best, else its last's); None without one."""
+    accuracies = run.get("val_accuracies")
+    if not accuracies:
+        return None
+    if run.get("keep") == "best" and run.get("best_epoch"):
+        return accuracies[run["best_epoch"] - 1]
+    return accuracies[-1]
+
+
+def rank(run: dict) -> tuple:
+    """Best first: by validation accuracy where the trials hold some out (never by the
+    test set), else by final training cost."""
+    accuracy = validated_accuracy(run)
+    return (-accuracy if accuracy is not None else 0.0, run["epoch_costs"][-1])
 
 
 def leaderboard(store: Store, sweep: dict, runs: dict[str, dict]) -> dict:
@@ -246,6 +270,7 @@ def leaderboard(store: Store, sweep: dict, runs: dict[str, dict]) -> dict:
                 **{n: p[n] for n in AXES},
                 "status": status[run_id],
                 "final_cost": run["epoch_costs"][-1] if run else None,
+                "val_accuracy": validated_accuracy(run) if run else None,
                 "train_seconds": run.get("train_seconds"),
                 "peak_rss_mib": run.get("peak_rss_mib"),
                 "accuracy": accuracy.get(run_id),
@@ -253,5 +278,11 @@ def leaderboard(store: Store, sweep: dict, runs: dict[str, dict]) -> dict:
             }
         )
     order = ("finished", "stopped", "failed", "missing")
-    rows.sort(key=lambda r: (order.index(r["status"]), r["final_cost"] or 0.0))
+    rows.sort(
+        key=lambda r: (
+            order.index(r["status"]),
+            -(r["val_accuracy"] or 0.0),
+            r["final_cost"] or 0.0,
+        )
+    )
     return {"varying": varying, "trials": rows}

@@ -186,3 +186,35 @@ def test_a_model_importing_a_module_beside_it_trains_evaluates_and_resumes_after
     assert evaluated.exit_code == 0, evaluated.output
     assert json.loads(evaluated.stdout)["accuracy"] > 0.85
     assert "blocks" not in sys.modules or "nets" not in str(sys.modules["blocks"].__file__)
+
+
+def test_a_sweep_of_a_folder_model_with_options_ranks_by_validation_accuracy(tmp_path, monkeypatch):
+    code = tmp_path / "nets"
+    code.mkdir()
+    (code / "blocks.py").write_text(BLOCKS)
+    (code / "net.py").write_text(FOLDER_NET)
+    monkeypatch.chdir(tmp_path)
+    store = tmp_path / "store"
+    got = runner.invoke(
+        app,
+        ["sweep", "--model", "nets/net.py:Net", "--model-arg", "width=8", "--lr", "0.001,0.01"]
+        + ["--optimizer", "adamw", "--weight-decay", "0.01", "--lr-schedule", "cosine"]
+        + ["--val-split", "0.1", "--keep", "best", "--epochs", "1", "--gpus-per-trial", "0"]
+        + ["--store", str(store), "--json"],
+    )
+    assert got.exit_code == 0, got.output
+    summary = json.loads(got.stdout)
+    runs = {r["run_id"]: r for r in read_rows(Store(str(store)), "runs")[0]}
+    assert len(runs) == 2 and all(r["status"] == "finished" for r in runs.values())
+    for run in runs.values():
+        assert (run["optimizer"], run["weight_decay"], run["lr_schedule"]) == (
+            "adamw",
+            0.01,
+            "cosine",
+        )
+        assert json.loads(run["model_args"]) == {"width": 8} and run["best_epoch"] == 1
+        assert json.loads(run["model_files"]) == {"blocks.py": BLOCKS}
+    scored = [t["val_accuracy"] for t in summary["trials"]]
+    assert scored == sorted(scored, reverse=True)  # best first, by validation accuracy
+    best = max(runs.values(), key=lambda r: r["val_accuracies"][0])
+    assert summary["best_run_id"] == best["run_id"]
