@@ -29,6 +29,7 @@ from mnist_ray import (  # noqa: F401
 from mnist_ray.config import (
     CHECKPOINT_EVERY,
     MAX_SHARDS,
+    OPT_IN,
     EvalConfig,
     TrainConfig,
     check_id,
@@ -139,11 +140,7 @@ def submit_train(
     if resume is None:
         cfg = TrainConfig(
             dataset=dataset.value, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-            model=model, optimizer=optimizer, weight_decay=weight_decay, momentum=momentum,
-            model_args=name_values("model_args", model_args),
-            optimizer_args=name_values("optimizer_args", optimizer_args),
-            lr_schedule=lr_schedule, lr_step=lr_step, lr_gamma=lr_gamma,
-            warmup_epochs=warmup_epochs, val_split=val_split, keep=keep, patience=patience,
+            model=model, optimizer=optimizer, **opt_in(ctx),
         ).validate()  # fmt: skip
         if address is None:  # an embedded Ray is this machine: refused before it starts
             fits_this_machine(gpus.value, cpus)
@@ -202,6 +199,13 @@ def given(ctx, command) -> dict[str, tuple[str, object]]:
 
 
 PAIRS = ("model_args", "optimizer_args")  # repeatable NAME=VALUE options
+
+
+def opt_in(ctx) -> dict:
+    """The opt-in training settings of `submit train` or `sweep` (config.OPT_IN), as
+    TrainConfig takes them: NAME=VALUE pairs as their JSON object."""
+    values = {name: ctx.params[name] for name in OPT_IN}
+    return values | {name: name_values(name, values[name]) for name in PAIRS}
 
 
 def interrupted(ctx, run_id: str, discard: bool) -> str:
@@ -337,19 +341,12 @@ def sweep(
     """
     from mnist_ray import sweep as sweeps
 
-    train_options = dict(
-        model_args=name_values("model_args", model_args), weight_decay=weight_decay,
-        momentum=momentum, optimizer_args=name_values("optimizer_args", optimizer_args),
-        lr_schedule=lr_schedule, lr_step=lr_step, lr_gamma=lr_gamma,
-        warmup_epochs=warmup_epochs, val_split=val_split, keep=keep, patience=patience,
-    )  # fmt: skip  # the same in every trial
-
     spec = sweeps.definition(
         lr, batch_size=batch_size, seed=seed, epochs=epochs, dataset=dataset.value,
         samples=samples, search_seed=search_seed, early_stop=early_stop,
         gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial, evaluate=evaluate,
         shards=shards, checkpoint_every=checkpoint_every, model=model, optimizer=optimizer,
-        train_options=train_options,
+        train_options=opt_in(ctx),  # the same in every trial
     )  # fmt: skip
     if resume is not None:
         check_id(resume, "resume")

@@ -16,7 +16,7 @@ import re
 import duckdb
 import pyarrow as pa
 
-from mnist_ray.config import ConfigError, TrainConfig, first_line
+from mnist_ray.config import OPT_IN, ConfigError, TrainConfig, first_line
 from mnist_ray.query import Bad, find_run, open_store, read_rows
 from mnist_ray.schema import RUNS
 from mnist_ray.store import Store
@@ -25,7 +25,6 @@ from mnist_ray.store import Store
 # opt-in settings (--weight-decay, --lr-schedule, --val-split, ...) are listed only where a
 # run shown has one (or with --all-columns): the course's runs list as they always have.
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-OPT_IN = list(_DEFAULTS)[list(_DEFAULTS).index("model_args") :]
 PARAMS = [n for n in _DEFAULTS if n in RUNS.names and n not in OPT_IN] + [
     n for n in ("sweep_id",) if n in RUNS.names
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from mnist_ray.optim import OPTIMIZERS
 
@@ -189,6 +189,10 @@ class TrainConfig:
 
 
 _OPT_IN = {"lr_schedule": "constant", "warmup_epochs": 0, "val_split": 0.0, "keep": "last"}
+# The opt-in settings, by name (the fields after `optimizer`): the same options on
+# `submit train` and `sweep`, listed only where a run has them (compare.py).
+_NAMES = [f.name for f in fields(TrainConfig)]
+OPT_IN = tuple(_NAMES[_NAMES.index("model_args") :])
 
 
 def json_object(param: str, text: str | None) -> dict:
